@@ -1,0 +1,137 @@
+"""The ``atom3d`` command line: one entry point, one sub-command per job.
+
+User errors (bad files, options, configs) print one line on stderr and exit with 2;
+heavy libraries are imported inside the sub-command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from atom3d import __version__
+from atom3d.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USER_ERROR, f"atom3d: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="simulate a labelled CeO2 HRTEM dataset (abTEM multislice → zarr)",
+        description=(
+            "Simulate CeO2 HRTEM images with abTEM over structure, defects, tilt, optics and "
+            "detector ranges given in a YAML config, and write a zarr dataset: noise-free "
+            "images (vacuum = 1; Poisson noise at dose [e/Å²] is drawn during training), "
+            "labels per species, column tables [Å] and every drawn parameter. Units in the "
+            "config are in the key names (defocus_nm, cs_um, c5_mm, pixel_size_A, "
+            "dose_e_per_A2, tilt_mrad, ...)."))
+    p.add_argument("--config", required=True, type=Path, help="campaign YAML (configs/simulate/)")
+    p.add_argument("--out", required=True, type=Path, help="output store, a new *.zarr directory")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of labelled images (default: n_images of the config)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="local worker processes, one core each (default 1)")
+    p.add_argument("--scheduler", default=None,
+                   help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted store (same config, --n and --seed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args) -> int:
+    import dataclasses
+    import json
+
+    from atom3d.simulation.campaign import load_campaign_config, run_campaign
+
+    cfg = load_campaign_config(args.config)
+    if args.n is not None:
+        cfg = dataclasses.replace(cfg, n_images=args.n)
+    stats = run_campaign(cfg, args.out, seed=args.seed, workers=args.workers,
+                         scheduler=args.scheduler, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), **stats}))
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what a dataset (zarr) holds; --plot draws samples",
+                       description="Summarise an atom3d dataset; --plot draws a grid of "
+                                   "samples with their depth labels overlaid.")
+    p.add_argument("path", type=Path, help="a dataset (*.zarr)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG file to draw samples into")
+    p.add_argument("--samples", type=_positive_int, default=8, help="samples to draw (default 8)")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args) -> int:
+    import json
+
+    from atom3d.data.info import dataset_summary, plot_dataset
+
+    if not args.path.exists():
+        raise UserError(f"not found: {args.path}")
+    summary = dataset_summary(args.path)
+    print(json.dumps(summary, indent=1))
+    if args.plot:
+        plot_dataset(args.path, args.plot, n=args.samples)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atom3d", description=(
+        "3D atomic structure of CeO2 nanoparticles from single HRTEM images: column depths "
+        "(atoms per column) of Ce and O columns, from simulation to in situ series."))
+    parser.add_argument("--version", action="version", version=f"atom3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_simulate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"atom3d: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("atom3d: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
