@@ -50,9 +50,12 @@ def plot_dataset(path: str | Path, png: str | Path, n: int = 8, seed: int = 0) -
         raise ValueError("the dataset has no finished structure yet")
     per = int(root.attrs["images_per_structure"])
     n_images = int(root.attrs["n_images"])
-    idx = [i for s in done for i in range(s * per, min((s + 1) * per, n_images))]
     rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    # One image per structure first (variety), then more images of the same structures.
+    by_structure = [rng.permutation(np.arange(s * per, min((s + 1) * per, n_images)))
+                    for s in rng.permutation(done)]
+    order = [int(ims[k]) for k in range(per) for ims in by_structure if k < len(ims)]
+    pick = sorted(order[:n])
     names = list(root.attrs["param_names"])
     kmax = int(root.attrs["max_depth"])
     cols = min(4, len(pick))

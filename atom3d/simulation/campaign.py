@@ -79,21 +79,23 @@ def load_campaign_config(source) -> CampaignConfig:
     return load_config(CampaignConfig, source)
 
 
-def _single_thread():
-    """Keep each worker on one core so that workers scale (set before heavy imports)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS")
+
+
+def _worker_init() -> None:
+    """Pin a fresh worker process to one thread, before numba or BLAS start theirs."""
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+
+
+def _configure_abtem() -> None:
     import abtem
 
+    # FFTW_ESTIMATE plans are deterministic (FFTW_MEASURE may pick different algorithms
+    # from run to run, and so change the last bits of the results).
     abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE", "fftw.threads": 1,
                       "diagnostics.progress_bar": False, "device": "cpu"})
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except Exception:  # numba absent or already initialised differently
-        pass
 
 
 def simulate_structure(store_path: str, s: int) -> float:
@@ -102,7 +104,7 @@ def simulate_structure(store_path: str, s: int) -> float:
 
     from atom3d.data.store import MAX_COLUMNS, PARAM_NAMES, images_of_structure
 
-    _single_thread()
+    _configure_abtem()
     t0 = time.perf_counter()
     root = zarr.open_group(store_path, mode="r+")
     attrs = root.attrs
@@ -218,9 +220,6 @@ def run_campaign(cfg: CampaignConfig, out: str | Path, *, seed: int, workers: in
     from tqdm.auto import tqdm
 
     out = Path(out)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # inherited by the worker processes
     root = prepare_store(out, cfg, seed=seed, resume=resume)
     done = np.asarray(root["done"][:])
     todo = [int(s) for s in np.flatnonzero(~done)]
@@ -256,8 +255,9 @@ def run_campaign(cfg: CampaignConfig, out: str | Path, *, seed: int, workers: in
                         seconds.append(result)
                         bar.update(1)
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool, _Bar():
-                dask.compute(*tasks, scheduler=pool, num_workers=workers)
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init) as pool, _Bar():
+                dask.compute(*tasks, scheduler=pool)
     finally:
         bar.close()
     _finalize(root)

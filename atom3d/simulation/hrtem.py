@@ -56,8 +56,8 @@ class MultisliceConfig:
         Vacuum margin around the atoms in the multislice cell [Å].
     """
 
-    sampling_A: float = 0.05
-    slice_thickness_A: float = 1.0
+    sampling_A: float = 0.035
+    slice_thickness_A: float = 0.9565
     frozen_phonons: int = 4
     sigma_ce_A: float = 0.06
     sigma_o_A: float = 0.09

@@ -130,11 +130,12 @@ def lattice_sites(
         species_all.append(np.full(inside.sum(), code, np.uint8))
     xyz = np.concatenate(xyz_all)
     species = np.concatenate(species_all)
-    # Columns: identical species and identical projected position (to 1 mÅ).
-    key = np.round(xyz[:, :2] * 1000).astype(np.int64)
+    # Columns: identical species and identical projected position (to 0.01 Å; the offset
+    # keeps rounding boundaries away from lattice positions, which are multiples of a/8).
+    key = np.round(xyz[:, :2] * 100 + 0.0137).astype(np.int64)
     full = np.column_stack([species.astype(np.int64), key])
     uniq, column = np.unique(full, axis=0, return_inverse=True)
-    column_xy = uniq[:, 1:] / 1000.0
+    column_xy = (uniq[:, 1:] - 0.0137) / 100.0
     return Sites(xyz, species, column.ravel(), column_xy, uniq[:, 0].astype(np.uint8),
                  {"zone_axis": tuple(int(v) for v in zone_axis), "a_A": a_A})
 

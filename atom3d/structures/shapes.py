@@ -111,8 +111,11 @@ def profile_mask(
     frac = np.clip((u + width_A / 2) / width_A, 0, 1)
     layers = thickness_layers + np.floor(frac * (wedge_layers + 1) - 1e-9).clip(0, wedge_layers)
     z = sites.xyz[:, 2]
-    keep = (np.abs(u) <= width_A / 2) & (v <= s) & (v >= -depth_A)
-    keep &= (z > -0.5 * c) & (z < (layers - 0.5) * c)
+    keep = (np.abs(u) <= width_A / 2) & (v <= s + 0.013) & (v >= -depth_A)  # 0.013: off-plane
+    # Every column (Ce at z = k·c or (k + ½)·c, O at (k ± ¼)·c) gets exactly ``layers``
+    # sites from a window of length layers·c whose ends avoid all site planes.
+    z0 = -0.125 * c
+    keep &= (z > z0) & (z < z0 + layers * c)
     record = {"surface": surface, "profile": profile, "thickness_layers": int(thickness_layers),
               "wedge_layers": int(wedge_layers), "width_A": float(width_A),
               "profile_amplitude_A": float(amp), "profile_period_A": float(period),

@@ -42,7 +42,8 @@ def image(st, sampling, slice_A, optics, k_cut):
     return image_from_spectra(sp, optics, focal_nodes=7)
 
 
-def main(out=Path(__file__).with_name("results.json")):
+def main():
+    out = Path(__file__).with_name("results.json")
     st = structure()
     cfg = OpticsConfig()
     k_cut = transfer_cutoff(cfg)

@@ -1,0 +1,514 @@
+"""Time series: drift between frames, column tracks, depth smoothing and events.
+
+Conventions
+-----------
+- ``estimate_drift`` works in pixels and returns ``(dy, dx)``: the content of ``img`` is
+  the content of ``ref`` moved by ``+dy`` rows and ``+dx`` columns,
+  ``img(r, c) ≈ ref(r - dy, c - dx)``.
+- Drift of a series, ``drift_A``, has shape ``(T, 2)`` and holds ``[dx, dy]`` [Å] per
+  frame: a column at ``(x, y)`` in frame 0 appears at ``(x + dx, y + dy)`` in frame ``t``
+  (``drift_A[0] = 0``). This is what ``/frames`` stores as ``drift_x, drift_y``; the
+  drift-corrected position is ``(x - dx, y - dy)``.
+- Track ids are ``int32``; every detection gets one (new ids for unmatched detections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.signal.windows import tukey
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "cumulative_drift",
+    "detect_events",
+    "estimate_drift",
+    "link_tracks",
+    "smooth_depths",
+    "smooth_track_depths",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# drift
+# ---------------------------------------------------------------------------------------
+
+
+def estimate_drift(
+    ref: np.ndarray,
+    img: np.ndarray,
+    upsample: int = 20,
+    whiten: float = 0.0,
+    sigma_px: float = 1.0,
+    window: bool = True,
+) -> tuple[float, float]:
+    """Sub-pixel shift of ``img`` relative to ``ref`` from the cross-power spectrum.
+
+    The cross-power spectrum ``F(img) F(ref)*`` is divided by its magnitude to the power
+    ``whiten``, damped by a Gaussian, transformed back, and its peak is located on the
+    integer grid and then on a local upsampled DFT grid (Guizar-Sicairos et al., 2008).
+
+    Parameters
+    ----------
+    ref, img : numpy.ndarray
+        Images of the same shape ``(H, W)`` [any intensity unit].
+    upsample : int
+        Upsampling factor of the local DFT refinement; the peak is located on a grid of
+        ``1 / upsample`` [px] and then refined by a parabola through its neighbours.
+        1 refines the integer peak by a parabola only.
+    whiten : float
+        Exponent of the spectral normalisation, in ``[0, 1]``: 0 = cross-correlation
+        (the most robust to shot noise, the default for low-dose frames), 1 = phase
+        correlation (sharpest peak for clean images with uneven backgrounds).
+    sigma_px : float
+        Standard deviation of a Gaussian that smooths the correlation surface [px]; it
+        damps the noisiest (highest) frequencies without moving a symmetric peak.
+        0 disables it.
+    window : bool
+        Multiply both images by a Tukey window (flat centre, cosine edges over 12.5 % of
+        each side) first, which suppresses the wrap-around of the image edges.
+
+    Returns
+    -------
+    dy, dx : float
+        Shift [px] such that ``img(r, c) ≈ ref(r - dy, c - dx)``; each in
+        ``[-N/2, N/2)`` for an axis of length ``N``.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    img = np.asarray(img, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape != img.shape:
+        raise ValueError(
+            f"ref and img must be 2-D of the same shape, got {ref.shape} and {img.shape}"
+        )
+    if upsample < 1:
+        raise ValueError(f"upsample must be >= 1, got {upsample}")
+    if not 0 <= whiten <= 1:
+        raise ValueError(f"whiten must be in [0, 1], got {whiten}")
+    spectrum = _cross_power_spectrum(ref, img, whiten, sigma_px, window)
+    coarse = np.fft.ifft2(spectrum).real
+    peak = np.array(np.unravel_index(np.argmax(coarse), coarse.shape), dtype=np.float64)
+    shape = np.array(coarse.shape)
+    peak = np.where(peak >= shape // 2 + shape % 2, peak - shape, peak)  # signed shift
+    if upsample == 1:
+        dy, dx = peak + _parabolic_offset(coarse, peak.astype(int), wrap=True)
+        return float(dy), float(dx)
+    n = int(np.ceil(1.5 * upsample))
+    grid = (np.arange(n) - n // 2) / upsample
+    local = _dft_at(spectrum, peak[0] + grid, peak[1] + grid)
+    best = np.array(np.unravel_index(np.argmax(local), local.shape))
+    refined = best + _parabolic_offset(local, best, wrap=False)
+    dy, dx = peak + (refined - n // 2) / upsample
+    return float(dy), float(dx)
+
+
+def cumulative_drift(
+    frames: Iterable[np.ndarray],
+    pixel_size_A: float,
+    reference: str = "previous",
+    **kwargs,
+) -> np.ndarray:
+    """Drift of every frame of a series relative to the first.
+
+    Parameters
+    ----------
+    frames : iterable of numpy.ndarray
+        Frames ``(H, W)`` in time order (consumed once; may be a generator). Cleaner
+        inputs (e.g. predicted presence maps) give better drift than raw noisy frames.
+    pixel_size_A : float
+        Pixel size [Å/px].
+    reference : {'previous', 'first'}
+        ``'previous'`` sums frame-to-frame shifts (follows a changing specimen; errors
+        accumulate as a random walk); ``'first'`` compares every frame with frame 0.
+    **kwargs
+        Passed to :func:`estimate_drift` (``upsample``, ``whiten``, ``sigma_px``,
+        ``window``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(T, 2)``: ``[dx, dy]`` [Å] per frame, first row zero.
+    """
+    if reference not in ("previous", "first"):
+        raise ValueError(f"reference must be 'previous' or 'first', got {reference!r}")
+    drift = []
+    first = previous = None
+    for frame in frames:
+        if first is None:
+            first = previous = frame
+            drift.append(np.zeros(2))
+            continue
+        if reference == "first":
+            dy, dx = estimate_drift(first, frame, **kwargs)
+            drift.append(np.array([dx, dy]) * pixel_size_A)
+        else:
+            dy, dx = estimate_drift(previous, frame, **kwargs)
+            drift.append(drift[-1] + np.array([dx, dy]) * pixel_size_A)
+        previous = frame
+    return np.array(drift, dtype=np.float64).reshape(-1, 2)
+
+
+def _cross_power_spectrum(
+    ref: np.ndarray, img: np.ndarray, whiten: float, sigma_px: float, window: bool
+) -> np.ndarray:
+    """Cross-power spectrum ``F(img) F(ref)*``, whitened and Gaussian-damped."""
+    taper = np.outer(tukey(ref.shape[0], 0.25), tukey(ref.shape[1], 0.25)) if window else 1.0
+    a = np.fft.fft2((ref - ref.mean()) * taper)
+    b = np.fft.fft2((img - img.mean()) * taper)
+    cross = b * np.conj(a)
+    if whiten > 0:
+        magnitude = np.abs(cross)
+        cross /= np.maximum(magnitude, 1e-12 * max(magnitude.max(), 1e-300)) ** whiten
+    if sigma_px > 0:
+        fy = np.fft.fftfreq(ref.shape[0])[:, None]
+        fx = np.fft.fftfreq(ref.shape[1])[None, :]
+        cross *= np.exp(-2 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
+    return cross
+
+
+def _dft_at(spectrum: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Real part of the inverse DFT of ``spectrum`` at the points ``ys`` x ``xs`` [px]."""
+    fy = np.fft.fftfreq(spectrum.shape[0])
+    fx = np.fft.fftfreq(spectrum.shape[1])
+    ey = np.exp(2j * np.pi * np.outer(ys, fy))
+    ex = np.exp(2j * np.pi * np.outer(fx, xs))
+    return (ey @ spectrum @ ex).real / spectrum.size
+
+
+def _parabolic_offset(surface: np.ndarray, peak: np.ndarray, wrap: bool) -> np.ndarray:
+    """Sub-sample offset of a maximum from a parabola through it and its two neighbours."""
+    offset = np.zeros(2)
+    for axis in range(2):
+        n = surface.shape[axis]
+        i = int(peak[axis])
+        if not wrap and not 0 < i < n - 1:
+            continue
+        idx = [int(peak[0]), int(peak[1])]
+        values = []
+        for step in (-1, 0, 1):
+            idx[axis] = (i + step) % n
+            values.append(surface[tuple(idx)])
+        lo, mid, hi = values
+        curvature = lo - 2 * mid + hi
+        if curvature < 0:
+            offset[axis] = np.clip(0.5 * (lo - hi) / curvature, -0.5, 0.5)
+    return offset
+
+
+# ---------------------------------------------------------------------------------------
+# linking
+# ---------------------------------------------------------------------------------------
+
+
+def link_tracks(
+    frames: Sequence[tuple[np.ndarray, np.ndarray]],
+    drift_A: np.ndarray | None,
+    max_dist_A: float,
+    max_gap: int = 2,
+    first_id: int = 0,
+) -> list[np.ndarray]:
+    """Link the columns of consecutive frames into tracks.
+
+    Detections are drift-corrected and matched to the tracks seen in the previous
+    ``max_gap + 1`` frames by a minimum-cost assignment (Hungarian algorithm on each
+    connected cluster of candidate pairs): as many pairs as possible closer than
+    ``max_dist_A``, and among those the smallest total distance. A track's position is
+    that of its latest detection.
+
+    Parameters
+    ----------
+    frames : sequence of (x_A, y_A)
+        Column positions [Å] per frame, in the frame's own coordinates.
+    drift_A : numpy.ndarray or None
+        Shape ``(T, 2)``, ``[dx, dy]`` [Å] per frame (see module notes); None = no drift.
+    max_dist_A : float
+        Largest drift-corrected displacement between two detections of one column [Å];
+        keep it below half the nearest-neighbour distance (Ce 3.31 Å, O 1.91 Å).
+    max_gap : int
+        Number of consecutive frames a column may be missed and still keep its track.
+    first_id : int
+        Smallest track id to hand out (e.g. offset the O tracks past the Ce tracks).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per frame, int32 track ids of its detections (same order as the input).
+    """
+    n_frames = len(frames)
+    drift = np.zeros((n_frames, 2)) if drift_A is None else np.asarray(drift_A, dtype=np.float64)
+    if drift.shape != (n_frames, 2):
+        raise ValueError(f"drift_A must have shape ({n_frames}, 2), got {drift.shape}")
+    if max_dist_A <= 0 or max_gap < 0:
+        raise ValueError("max_dist_A must be > 0 and max_gap >= 0")
+
+    track_pos = np.zeros((0, 2))
+    track_id = np.zeros(0, dtype=np.int64)
+    track_last = np.zeros(0, dtype=np.int64)
+    next_id = first_id
+    result = []
+    for t, (x, y) in enumerate(frames):
+        pos = np.stack([np.asarray(x, np.float64), np.asarray(y, np.float64)], axis=1).reshape(
+            -1, 2
+        )
+        pos = pos - drift[t]
+        alive = t - track_last <= max_gap + 1
+        track_pos, track_id, track_last = track_pos[alive], track_id[alive], track_last[alive]
+        rows, cols = _assign(track_pos, pos, max_dist_A)
+        ids = np.full(len(pos), -1, dtype=np.int64)
+        ids[cols] = track_id[rows]
+        new = ids < 0
+        ids[new] = next_id + np.arange(new.sum())
+        next_id += int(new.sum())
+        track_pos[rows] = pos[cols]
+        track_last[rows] = t
+        track_pos = np.concatenate([track_pos, pos[new]])
+        track_id = np.concatenate([track_id, ids[new]])
+        track_last = np.concatenate([track_last, np.full(new.sum(), t)])
+        result.append(ids.astype(np.int32))
+    return result
+
+
+def _assign(a: np.ndarray, b: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Matched index pairs between point sets ``a`` and ``b`` (max cardinality, then min cost)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    # "ndarray" output keeps pairs at distance exactly 0 (a sparse matrix could drop them)
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), max_dist, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    row, col, dist = pairs["i"], pairs["j"], pairs["v"]
+    na, nb = len(a), len(b)
+    graph = coo_matrix((np.ones(len(pairs)), (row, col + na)), shape=(na + nb, na + nb))
+    _, label = connected_components(graph, directed=False)
+    rows_out, cols_out = [], []
+    pair_label = label[row]
+    order = np.argsort(pair_label, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair_label[order])) + 1
+    for group in np.split(order, bounds):
+        r, c, d = row[group], col[group], dist[group]
+        if len(group) == 1:
+            rows_out.append(r)
+            cols_out.append(c)
+            continue
+        ur, ri = np.unique(r, return_inverse=True)
+        uc, ci = np.unique(c, return_inverse=True)
+        big = max_dist * (len(ur) + len(uc)) + 1.0  # > any sum of feasible costs
+        cost = np.full((len(ur), len(uc)), big)
+        cost[ri, ci] = d
+        sr, sc = linear_sum_assignment(cost)
+        ok = cost[sr, sc] < big
+        rows_out.append(ur[sr[ok]])
+        cols_out.append(uc[sc[ok]])
+    return np.concatenate(rows_out).astype(np.intp), np.concatenate(cols_out).astype(np.intp)
+
+
+# ---------------------------------------------------------------------------------------
+# depth smoothing
+# ---------------------------------------------------------------------------------------
+
+
+def smooth_depths(
+    track_probs: np.ndarray,
+    switch_prob: float = 0.02,
+    max_step: int = 2,
+    first_depth: int = 0,
+) -> np.ndarray:
+    """Most probable depth sequence of one column (Viterbi on a hidden Markov model).
+
+    Parameters
+    ----------
+    track_probs : numpy.ndarray
+        Shape ``(T, S)``: per frame, pooled probabilities of the depths
+        ``first_depth .. first_depth + S - 1`` (the emission likelihoods). A row of NaN
+        (column not detected in that frame) carries no information.
+    switch_prob : float
+        Probability per frame of leaving the current depth [probability]; it is shared
+        evenly by the depths within ``max_step`` (the stay probability is
+        ``1 - switch_prob``). A single-frame flip then costs two switches, a real step one.
+    max_step : int
+        Largest depth change in one frame [atoms].
+    first_depth : int
+        Depth of column 0 of ``track_probs``: 0 when class 0 (no column) is included,
+        1 when only classes 1..K are given.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, shape ``(T,)``: the depth in every frame [atoms].
+    """
+    probs = np.asarray(track_probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 1:
+        raise ValueError(f"track_probs must have shape (T, S), got {probs.shape}")
+    if not 0 <= switch_prob < 1:
+        raise ValueError(f"switch_prob must be in [0, 1), got {switch_prob}")
+    n_frames, n_states = probs.shape
+    if n_frames == 0:
+        return np.zeros(0, dtype=np.int64)
+    missing = np.isnan(probs).any(axis=1)
+    with np.errstate(divide="ignore"):
+        log_e = np.where(missing[:, None], 0.0, np.log(np.clip(np.nan_to_num(probs), 1e-300, None)))
+    log_a = _log_transitions(n_states, switch_prob, max_step)
+    score = log_e[0].copy()
+    back = np.zeros((n_frames, n_states), dtype=np.intp)
+    for t in range(1, n_frames):
+        cand = score[:, None] + log_a  # [from, to]
+        back[t] = np.argmax(cand, axis=0)
+        score = cand[back[t], np.arange(n_states)] + log_e[t]
+    path = np.empty(n_frames, dtype=np.intp)
+    path[-1] = int(np.argmax(score))
+    for t in range(n_frames - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path.astype(np.int64) + first_depth
+
+
+def _log_transitions(n_states: int, switch_prob: float, max_step: int) -> np.ndarray:
+    """Log transition matrix ``[from, to]``: stay ``1 - switch_prob``, else a step <= max_step."""
+    step = np.abs(np.subtract.outer(np.arange(n_states), np.arange(n_states)))
+    allowed = (step >= 1) & (step <= max_step)
+    n_moves = allowed.sum(axis=1, keepdims=True)
+    a = np.where(allowed, switch_prob / np.maximum(n_moves, 1), 0.0)
+    a[np.arange(n_states), np.arange(n_states)] = np.where(n_moves[:, 0] > 0, 1 - switch_prob, 1.0)
+    with np.errstate(divide="ignore"):
+        return np.log(a)
+
+
+def smooth_track_depths(
+    track_ids: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    switch_prob: float = 0.02,
+    max_step: int = 2,
+    first_depth: int = 1,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Smooth the depth of every track of a series with :func:`smooth_depths`.
+
+    Parameters
+    ----------
+    track_ids : sequence of numpy.ndarray
+        Per frame, track ids of its detections (from :func:`link_tracks`); ids < 0 mark
+        untracked detections, which keep their per-frame most probable depth.
+    probs : sequence of numpy.ndarray
+        Per frame, shape ``(N_t, S)``: pooled probabilities of depths ``first_depth ..``
+        of each detection (e.g. ``ColumnTable.probs[:, 1:]`` renormalised, with
+        ``first_depth=1``). Frames in which a track is missing count as uninformative.
+    switch_prob, max_step, first_depth
+        As in :func:`smooth_depths`.
+
+    Returns
+    -------
+    depths : list of numpy.ndarray
+        Per frame, uint8 smoothed depth of each detection [atoms].
+    confidences : list of numpy.ndarray
+        Per frame, float32 pooled probability of the smoothed depth of each detection.
+    """
+    if len(track_ids) != len(probs):
+        raise ValueError("track_ids and probs must have one entry per frame")
+    n_states = next((np.shape(p)[1] for p in probs if np.ndim(p) == 2 and len(p)), 1)
+    probs = [np.asarray(p, dtype=np.float64).reshape(-1, n_states) for p in probs]
+    # untracked detections (id < 0) keep their per-frame most probable depth
+    depths = [(np.argmax(p, axis=1) + first_depth).astype(np.uint8) for p in probs]
+    confidences = [p.max(axis=1, initial=0.0).astype(np.float32) for p in probs]
+    for frames, rows in _observations(track_ids).values():
+        seq = np.full((frames[-1] - frames[0] + 1, n_states), np.nan)
+        seq[frames - frames[0]] = [probs[f][i] for f, i in zip(frames, rows, strict=True)]
+        smoothed = smooth_depths(seq, switch_prob, max_step, first_depth)[frames - frames[0]]
+        for f, i, d in zip(frames, rows, smoothed, strict=True):
+            depths[f][i] = d
+            confidences[f][i] = probs[f][i][d - first_depth]
+    return depths, confidences
+
+
+def _observations(track_ids: Sequence[np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per track id >= 0: the frames it is seen in (ascending) and its row in each frame."""
+    if not track_ids:
+        return {}
+    ids = np.concatenate([np.asarray(t, dtype=np.int64).reshape(-1) for t in track_ids])
+    frames = np.concatenate([np.full(len(t), f) for f, t in enumerate(track_ids)]).astype(np.int64)
+    rows = np.concatenate([np.arange(len(t)) for t in track_ids]).astype(np.int64)
+    tracked = ids >= 0
+    ids, frames, rows = ids[tracked], frames[tracked], rows[tracked]
+    order = np.lexsort((frames, ids))
+    ids, frames, rows = ids[order], frames[order], rows[order]
+    bounds = np.flatnonzero(np.diff(ids)) + 1
+    return {
+        int(ids[g[0]]): (frames[g], rows[g])
+        for g in np.split(np.arange(len(ids)), bounds)
+        if len(g)
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# events
+# ---------------------------------------------------------------------------------------
+
+_KIND_ORDER = {"vanished": 0, "appeared": 1, "depth_change": 2}
+
+
+def detect_events(
+    track_ids: Sequence[np.ndarray],
+    depths: Sequence[np.ndarray],
+    confidences: Sequence[np.ndarray],
+    species: str | None = None,
+    min_track_length: int = 1,
+) -> list[dict]:
+    """Events of a tracked series: depth changes, columns appearing and vanishing.
+
+    Parameters
+    ----------
+    track_ids : sequence of numpy.ndarray
+        Per frame, track ids of its detections (from :func:`link_tracks`); ids < 0
+        (untracked) are ignored.
+    depths : sequence of numpy.ndarray
+        Per frame, depth of each detection [atoms] (preferably smoothed).
+    confidences : sequence of numpy.ndarray
+        Per frame, probability of that depth for each detection.
+    species : str, optional
+        Added to every event as ``'species'`` (``'Ce'`` or ``'O'``) when given.
+    min_track_length : int
+        Tracks with fewer detections are ignored (spurious detections) [frames].
+
+    Returns
+    -------
+    list of dict
+        Sorted by frame, then track. Keys: ``frame`` (where the new state is first seen),
+        ``track``, ``kind`` (``'depth_change'``, ``'appeared'``, ``'vanished'``),
+        ``depth_before``, ``depth_after`` (0 = no column), ``confidence`` (probability of
+        ``depth_after`` at that frame; NaN for ``'vanished'``, which has no detection).
+        A track present in the first frame did not appear; one present in the last frame
+        did not vanish; a gap tolerated by the linker is not an event.
+    """
+    if not len(track_ids) == len(depths) == len(confidences):
+        raise ValueError("track_ids, depths and confidences must have one entry per frame")
+    n_frames = len(track_ids)
+    events = []
+    for track, (frames, rows) in _observations(track_ids).items():
+        if len(frames) < min_track_length:
+            continue
+        seq = np.array([depths[f][i] for f, i in zip(frames, rows, strict=True)], dtype=np.int64)
+        conf = np.array(
+            [confidences[f][i] for f, i in zip(frames, rows, strict=True)], dtype=np.float64
+        )
+        if frames[0] > 0:
+            events.append(_event(frames[0], track, "appeared", 0, seq[0], conf[0]))
+        for j in np.flatnonzero(np.diff(seq)) + 1:
+            events.append(_event(frames[j], track, "depth_change", seq[j - 1], seq[j], conf[j]))
+        if frames[-1] < n_frames - 1:
+            events.append(_event(frames[-1] + 1, track, "vanished", seq[-1], 0, np.nan))
+    if species is not None:
+        for e in events:
+            e["species"] = species
+    events.sort(key=lambda e: (e["frame"], e["track"], _KIND_ORDER[e["kind"]]))
+    return events
+
+
+def _event(frame, track, kind, before, after, confidence) -> dict:
+    return {
+        "frame": int(frame),
+        "track": int(track),
+        "kind": kind,
+        "depth_before": int(before),
+        "depth_after": int(after),
+        "confidence": float(confidence),
+    }

@@ -1,0 +1,382 @@
+"""The model artifact: a directory with ``model.safetensors`` and ``config.json``.
+
+``config.json`` (format ``"atom3d.model"``, format version 1) holds:
+
+``format``, ``format_version``
+    Always ``"atom3d.model"`` and ``1``.
+``name``
+    Model name, e.g. ``"ceo2-110"``.
+``architecture``
+    :meth:`atom3d.models.unet.UNet.config`.
+``classes``
+    Largest column depth [atoms] per species, ``{"Ce": K_ce, "O": K_o}``; head ``i``
+    of the network has ``K + 1`` classes (0 = background).
+``pixel_size_A``
+    Pixel size [Å] the model was trained at; inputs are resampled to it.
+``normalization``
+    How an input image is normalised before the network (defined by training).
+``training_domain``
+    Ranges of the simulation parameters seen in training (thickness, defocus, ...).
+``temperature``
+    Calibration temperature per species, ``{"Ce": T, "O": T}``: probabilities
+    are ``softmax(logits / T)``.
+``atom3d_version``
+    Version of atom3d that wrote the artifact.
+``weights_sha256``
+    SHA-256 (hex) of the bytes of ``model.safetensors``.
+``metrics``
+    Free-form evaluation figures.
+
+Loading never unpickles: weights are read with :mod:`safetensors` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor
+
+from atom3d import __version__
+from atom3d.errors import UserError
+from atom3d.models.unet import UNet
+
+FORMAT = "atom3d.model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+#: Species in head order of :class:`~atom3d.models.unet.UNet`.
+SPECIES = ("Ce", "O")
+#: Packaged model loaded when no model is named.
+DEFAULT_MODEL = "ceo2-110"
+
+
+@dataclass
+class ModelArtifact:
+    """A loaded model with its description.
+
+    Attributes
+    ----------
+    model : UNet
+        The network, in eval mode, on the device it was loaded to.
+    config : dict
+        Contents of ``config.json``.
+    path : Path or None
+        Directory it was loaded from (None for a packaged model inside a zip).
+    """
+
+    model: UNet
+    config: dict[str, Any]
+    path: Path | None
+
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return str(self.config["name"])
+
+    @property
+    def classes(self) -> dict[str, int]:
+        """Largest column depth [atoms] per species."""
+        return {s: int(k) for s, k in self.config["classes"].items()}
+
+    @property
+    def pixel_size_A(self) -> float:
+        """Pixel size [Å] the model expects."""
+        return float(self.config["pixel_size_A"])
+
+    @property
+    def temperature(self) -> dict[str, float]:
+        """Calibration temperature per species."""
+        return {s: float(t) for s, t in self.config["temperature"].items()}
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 (hex) of ``model.safetensors``."""
+        return str(self.config["weights_sha256"])
+
+    def predict_proba(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Calibrated class probabilities per species.
+
+        Parameters
+        ----------
+        x : Tensor
+            Normalised images ``(B, C, H, W)`` at :attr:`pixel_size_A`, H and W
+            multiples of ``model.size_multiple``. Moved to the model's device.
+
+        Returns
+        -------
+        tuple of Tensor
+            ``softmax(logits / T)`` for Ce ``(B, K_ce + 1, H, W)`` and O
+            ``(B, K_o + 1, H, W)``, in the model's dtype.
+        """
+        self.model.eval()
+        parameter = next(self.model.parameters())
+        x = x.to(device=parameter.device, dtype=parameter.dtype)
+        temperature = self.temperature
+        with torch.no_grad():
+            logits = self.model(x)
+            ce, o = (
+                torch.softmax(z / temperature[s], dim=1)
+                for z, s in zip(logits, SPECIES, strict=True)
+            )
+        return ce, o
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` as a hex string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_artifact(
+    model: UNet,
+    directory: str | os.PathLike[str],
+    *,
+    name: str,
+    classes: Mapping[str, int],
+    pixel_size_A: float,
+    normalization: Mapping[str, Any],
+    training_domain: Mapping[str, Any],
+    temperature: Mapping[str, float] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory``.
+
+    Both files are written to temporary names and renamed, weights first, so an
+    interrupted save never leaves a config that matches no weights.
+
+    Parameters
+    ----------
+    model : UNet
+        Trained network (any device; weights are stored from CPU copies).
+    directory : path
+        Created if missing; existing artifact files are replaced.
+    name : str
+        Model name.
+    classes : mapping
+        Largest column depth [atoms] per species, ``{"Ce": K_ce, "O": K_o}``; must
+        match the network heads (``n_classes == (K_ce + 1, K_o + 1)``).
+    pixel_size_A : float
+        Pixel size [Å] the model was trained at.
+    normalization, training_domain : mapping
+        Stored as given; must be JSON-serialisable.
+    temperature : mapping, optional
+        Calibration temperature per species; default 1.0 for each.
+    metrics : mapping, optional
+        Free-form, JSON-serialisable evaluation figures.
+
+    Returns
+    -------
+    Path
+        The artifact directory.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent classes, a non-positive pixel size or temperature, or a
+        value that is not strict JSON (NaN, infinity, arbitrary objects).
+    """
+    classes = _check_classes(classes, model.n_classes)
+    temperature = _check_temperature(temperature)
+    if not (math.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise ValueError(f"pixel_size_A must be a positive number, got {pixel_size_A}")
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = save_safetensors_bytes(state, metadata={"format": FORMAT})
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": str(name),
+        "architecture": model.config(),
+        "classes": classes,
+        "pixel_size_A": float(pixel_size_A),
+        "normalization": dict(normalization),
+        "training_domain": dict(training_domain),
+        "temperature": temperature,
+        "atom3d_version": __version__,
+        "weights_sha256": sha256_hex(weights),
+        "metrics": dict(metrics or {}),
+    }
+    try:
+        text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"artifact config is not strict JSON: {error}") from error
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / WEIGHTS_FILE, weights)
+    _write_atomic(directory / CONFIG_FILE, text.encode("utf-8"))
+    return directory
+
+
+def packaged_models() -> list[str]:
+    """Names of the models shipped inside the atom3d package."""
+    root = resources.files("atom3d.models")
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and entry.joinpath(CONFIG_FILE).is_file()
+    )
+
+
+def load_artifact(
+    name_or_dir: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device = "cpu"
+) -> ModelArtifact:
+    """Load a model artifact and verify its weights.
+
+    Parameters
+    ----------
+    name_or_dir : str or path
+        An artifact directory, or the name of a packaged model (see
+        :func:`packaged_models`). An existing directory takes precedence.
+    device : str or torch.device
+        Device to put the network on.
+
+    Returns
+    -------
+    ModelArtifact
+        Network in eval mode, config and directory.
+
+    Raises
+    ------
+    atom3d.errors.UserError
+        Unknown name, missing directory or file, unreadable config, a format this
+        version cannot read, or weights whose SHA-256 differs from the config.
+    """
+    source, path = _resolve(name_or_dir)
+    label = str(path) if path is not None else f"packaged model {name_or_dir!r}"
+    config = _read_config(source, label)
+    weights_entry = source.joinpath(WEIGHTS_FILE)
+    if not weights_entry.is_file():
+        raise UserError(f"model {label}: {WEIGHTS_FILE} is missing")
+    data = weights_entry.read_bytes()
+    # Hash and parse the very same bytes, so what is verified is what is loaded.
+    if sha256_hex(data) != config["weights_sha256"]:
+        raise UserError(
+            f"model {label}: {WEIGHTS_FILE} does not match weights_sha256 in "
+            f"{CONFIG_FILE} (corrupted or replaced file)"
+        )
+    try:
+        state = load_safetensors_bytes(data)
+    except SafetensorError as error:
+        raise UserError(f"model {label}: cannot read {WEIGHTS_FILE}: {error}") from error
+    try:
+        model = UNet.from_config(config["architecture"])
+        _check_classes(config["classes"], model.n_classes)
+        _check_temperature(config["temperature"])
+    except (TypeError, ValueError, AttributeError) as error:
+        raise UserError(
+            f"model {label}: invalid architecture, classes or temperature: {error}"
+        ) from error
+    problem = _state_mismatch(model.state_dict(), state)
+    if problem:
+        raise UserError(f"model {label}: weights do not fit the architecture: {problem}")
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return ModelArtifact(model=model, config=config, path=path)
+
+
+def _resolve(name_or_dir: str | os.PathLike[str]) -> tuple[Traversable, Path | None]:
+    """The artifact location: (readable entry, filesystem path if there is one)."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path, path
+    name = str(name_or_dir)
+    is_plain_name = name and os.sep not in name and "/" not in name and not name.startswith(".")
+    if is_plain_name:
+        entry = resources.files("atom3d.models").joinpath(name)
+        if entry.is_dir() and entry.joinpath(CONFIG_FILE).is_file():
+            return entry, entry if isinstance(entry, Path) else None
+        available = ", ".join(packaged_models()) or "none installed"
+        raise UserError(
+            f"unknown model {name!r}: not a directory and not a packaged model "
+            f"(packaged: {available})"
+        )
+    raise UserError(f"model directory not found: {path}")
+
+
+def _read_config(source: Traversable, label: str) -> dict[str, Any]:
+    entry = source.joinpath(CONFIG_FILE)
+    if not entry.is_file():
+        raise UserError(f"model {label}: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(entry.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"model {label}: {CONFIG_FILE} is not valid JSON: {error}") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"model {label}: {CONFIG_FILE} is not an {FORMAT} config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"model {label}: format_version {version!r} is not supported by atom3d "
+            f"{__version__} (reads up to {FORMAT_VERSION}); upgrade atom3d"
+        )
+    required = ("architecture", "classes", "pixel_size_A", "temperature", "weights_sha256")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise UserError(f"model {label}: {CONFIG_FILE} lacks {', '.join(missing)}")
+    return config
+
+
+def _state_mismatch(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> str:
+    """A one-line description of how ``found`` differs from ``expected`` ('' if it fits)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        return f"{len(missing)} missing tensors {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+    for key, tensor in expected.items():
+        if found[key].shape != tensor.shape:
+            return f"{key} has shape {tuple(found[key].shape)}, expected {tuple(tensor.shape)}"
+    return ""
+
+
+def _check_classes(classes: Mapping[str, int], n_classes: tuple[int, ...]) -> dict[str, int]:
+    if set(classes) != set(SPECIES):
+        raise ValueError(f"classes must have keys {SPECIES}, got {sorted(classes)}")
+    out = {s: int(classes[s]) for s in SPECIES}
+    expected = tuple(out[s] + 1 for s in SPECIES)
+    if expected != tuple(n_classes):
+        raise ValueError(
+            f"classes {out} need heads with {expected} classes, the network has {tuple(n_classes)}"
+        )
+    return out
+
+
+def _check_temperature(temperature: Mapping[str, float] | None) -> dict[str, float]:
+    if temperature is None:
+        return {s: 1.0 for s in SPECIES}
+    if set(temperature) != set(SPECIES):
+        raise ValueError(f"temperature must have keys {SPECIES}, got {sorted(temperature)}")
+    out = {s: float(temperature[s]) for s in SPECIES}
+    if not all(math.isfinite(t) and t > 0 for t in out.values()):
+        raise ValueError(f"temperatures must be positive, got {out}")
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    The temporary file is opened normally (not with ``mkstemp``) so that the final
+    file gets the usual umask permissions and stays readable by other users.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

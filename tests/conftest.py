@@ -1,0 +1,19 @@
+"""Shared fixtures: tiny seeded inputs made by code."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "simulate" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A complete tiny dataset (2 structures × 4 images, 64 px), simulated once per session."""
+    pytest.importorskip("abtem")
+    from atom3d.simulation.campaign import load_campaign_config, run_campaign
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
+    run_campaign(load_campaign_config(TINY_CONFIG), out, seed=1, progress=False)
+    return out

@@ -1,0 +1,96 @@
+"""Temperature scaling and expected calibration error on synthetic distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atom3d.training.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability_curve,
+)
+
+torch.set_num_threads(1)
+
+
+def calibrated_set(n: int = 40_000, n_classes: int = 5, seed: int = 0):
+    """Logits ``z`` and labels drawn from ``softmax(z)``: calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 1.5 * torch.randn(n, n_classes, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=g).squeeze(1)
+    return logits, labels
+
+
+def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
+    probabilities = torch.softmax(logits / temperature, dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+    return confidence.numpy(), (predicted == labels).numpy()
+
+
+def test_temperature_scaling_repairs_an_overconfident_model() -> None:
+    logits, labels = calibrated_set()
+    overconfident = 4.0 * logits
+    temperature = fit_temperature(overconfident.float(), labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+
+    ece_before = expected_calibration_error(*confidence_and_correct(overconfident, labels))
+    ece_after = expected_calibration_error(
+        *confidence_and_correct(overconfident, labels, temperature)
+    )
+    assert ece_after < ece_before
+    assert ece_after < 0.02
+    assert ece_before > 0.1
+
+
+def test_calibrated_model_keeps_temperature_one_and_small_ece() -> None:
+    logits, labels = calibrated_set(seed=1)
+    assert fit_temperature(logits.numpy(), labels.numpy()) == pytest.approx(1.0, rel=0.05)
+    assert expected_calibration_error(*confidence_and_correct(logits, labels)) < 0.015
+
+
+def test_underconfident_model_gets_temperature_below_one() -> None:
+    logits, labels = calibrated_set(n=10_000, seed=2)
+    assert fit_temperature(0.5 * logits, labels) == pytest.approx(0.5, rel=0.15)
+
+
+def test_separable_set_gives_the_lower_bound() -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [3.0, 1.0]])
+    labels = torch.tensor([0, 1, 0])  # every prediction right: NLL falls as T -> 0
+    temperature = fit_temperature(logits, labels, bounds=(0.1, 10.0))
+    assert 0.1 <= temperature < 0.2
+    assert fit_temperature(logits, labels, bounds=(0.5, 10.0)) == 0.5
+
+
+def test_ece_by_hand() -> None:
+    # bin (0.6, 0.7]: confidences 0.65, 0.65, accuracy 0.5 -> gap 0.15
+    # bin (0.9, 1.0]: confidences 0.95, 1.0, accuracy 1.0 -> gap 0.025
+    confidence = np.array([0.65, 0.65, 0.95, 1.0])
+    correct = np.array([True, False, True, True])
+    ece = expected_calibration_error(confidence, correct, n_bins=10)
+    assert ece == pytest.approx(0.5 * 0.15 + 0.5 * 0.025)
+    assert expected_calibration_error(np.array([]), np.array([], dtype=bool)) == 0.0
+
+
+def test_reliability_curve_bins() -> None:
+    confidence = np.array([0.0, 0.05, 0.1, 0.15, 0.55, 1.0])
+    correct = np.array([False, True, False, True, True, True])
+    curve = reliability_curve(confidence, correct, n_bins=4)
+    np.testing.assert_allclose(curve.bin_edges, [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(curve.count, [4, 0, 1, 1])
+    np.testing.assert_allclose(curve.confidence[[0, 2, 3]], [0.075, 0.55, 1.0])
+    np.testing.assert_allclose(curve.accuracy[[0, 2, 3]], [0.5, 1.0, 1.0])
+    assert np.isnan(curve.confidence[1]) and np.isnan(curve.accuracy[1])
+    # torch input gives the same answer
+    torch_curve = reliability_curve(torch.tensor(confidence), torch.tensor(correct), n_bins=4)
+    np.testing.assert_array_equal(torch_curve.count, curve.count)
+
+
+def test_bad_inputs_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        expected_calibration_error(np.array([1.2]), np.array([True]))
+    with pytest.raises(ValueError):
+        expected_calibration_error(np.array([0.5, 0.5]), np.array([True]))
+    with pytest.raises(ValueError):
+        fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))

@@ -1,0 +1,282 @@
+"""Tests of atom3d.inference.tracking: drift, linking, HMM depth smoothing and events."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atom3d.inference.tracking import (
+    cumulative_drift,
+    detect_events,
+    estimate_drift,
+    link_tracks,
+    smooth_depths,
+    smooth_track_depths,
+)
+
+SIZE = 128  # image size [px]
+
+
+def lattice_points(spacing_px=8.0, radius_px=44.0):
+    """Centred-rectangular lattice (like Ce in CeO2 [110]) inside a disc, centred at 0 [px]."""
+    i, j = np.mgrid[-9:10, -9:10].reshape(2, -1)
+    ax, ay = spacing_px * np.sqrt(2), spacing_px
+    pts = np.concatenate(
+        [np.stack([i * ay, j * ax], 1), np.stack([i * ay + ay / 2, j * ax + ax / 2], 1)]
+    )  # (row, col)
+    return pts[np.hypot(*pts.T) < radius_px]
+
+
+def particle_image(shift, rng, noise, sigma_px=1.5):
+    """Gaussian columns of a finite particle, moved by ``shift`` = (dy, dx) [px], plus noise."""
+    pts = lattice_points() + SIZE / 2 + np.asarray(shift)
+    r, c = np.mgrid[0:SIZE, 0:SIZE]
+    img = np.zeros((SIZE, SIZE))
+    for y, x in pts:
+        img += np.exp(-((r - y) ** 2 + (c - x) ** 2) / (2 * sigma_px**2))
+    return img + rng.normal(0.0, noise, img.shape)
+
+
+# ---------------------------------------------------------------------------------------
+# drift
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_drift_subpixel_on_noisy_lattice(seed):
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-6, 6, size=2)
+    ref = particle_image((0.0, 0.0), rng, noise=0.15)
+    img = particle_image(shift, rng, noise=0.15)
+    dy, dx = estimate_drift(ref, img)
+    assert abs(dy - shift[0]) < 0.1 and abs(dx - shift[1]) < 0.1
+
+
+def test_drift_sign_convention_and_phase_correlation():
+    rng = np.random.default_rng(7)
+    ref = particle_image((0.0, 0.0), rng, noise=0.0)
+    img = particle_image((3.3, -5.6), rng, noise=0.0)  # img(r, c) = ref(r - 3.3, c + 5.6)
+    for whiten in (0.0, 0.5, 1.0):
+        dy, dx = estimate_drift(ref, img, whiten=whiten)
+        assert abs(dy - 3.3) < 0.02 and abs(dx + 5.6) < 0.02
+    dy, dx = estimate_drift(img, ref)
+    assert abs(dy + 3.3) < 0.02 and abs(dx - 5.6) < 0.02
+    dy, dx = estimate_drift(ref, img, upsample=1)  # parabolic refinement only
+    assert abs(dy - 3.3) < 0.25 and abs(dx + 5.6) < 0.25
+
+
+def test_drift_of_identical_images_is_zero():
+    img = particle_image((0.0, 0.0), np.random.default_rng(3), noise=0.1)
+    assert np.allclose(estimate_drift(img, img), 0.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        estimate_drift(img, img[:-1])
+
+
+def test_cumulative_drift_in_angstrom():
+    rng = np.random.default_rng(11)
+    shifts = np.cumsum(rng.uniform(-1.5, 1.5, size=(5, 2)), axis=0)
+    shifts[0] = 0.0
+    frames = [particle_image(s, rng, noise=0.1) for s in shifts]
+    pixel = 0.2
+    expected = shifts[:, ::-1] * pixel  # [dx, dy] [Å]
+    for reference in ("previous", "first"):
+        drift = cumulative_drift(iter(frames), pixel, reference=reference)
+        assert drift.shape == (5, 2)
+        np.testing.assert_allclose(drift, expected, atol=0.1 * pixel * 2)
+    with pytest.raises(ValueError):
+        cumulative_drift(frames, pixel, reference="last")
+
+
+# ---------------------------------------------------------------------------------------
+# linking
+# ---------------------------------------------------------------------------------------
+
+
+def drifting_series(rng, n_frames=10):
+    """Detections of a drifting lattice with vanishing, flickering and appearing columns.
+
+    Returns per-frame (x, y) [Å], the true column label of each detection, and the drift.
+    """
+    truth = lattice_points(spacing_px=3.31, radius_px=12.0)[:, ::-1]  # (x, y) [Å]
+    truth = np.concatenate([truth, [[30.0, 30.0]]])  # a column that appears at frame 6
+    n = len(truth)
+    present = np.ones((n_frames, n), dtype=bool)
+    present[4:, [3, 7]] = False  # vanish for good at frame 4
+    present[5, 11] = False  # missed in one frame: same track
+    present[2:5, 15] = False  # missed for 3 frames > max_gap: a new track
+    present[:6, n - 1] = False  # appears at frame 6
+    drift = np.cumsum(rng.normal(0.0, 1.5, size=(n_frames, 2)), axis=0)
+    drift[0] = 0.0
+    frames, labels = [], []
+    for t in range(n_frames):
+        idx = rng.permutation(np.flatnonzero(present[t]))
+        xy = truth[idx] + drift[t] + rng.normal(0.0, 0.05, size=(len(idx), 2))
+        frames.append((xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32)))
+        labels.append(idx)
+    return frames, labels, drift, n
+
+
+def ids_per_column(track_ids, labels, n):
+    seen = [set() for _ in range(n)]
+    for ids, lab in zip(track_ids, labels, strict=True):
+        for i, column in zip(ids, lab, strict=True):
+            seen[column].add(int(i))
+    return seen
+
+
+def test_linking_drifting_lattice_keeps_ids():
+    rng = np.random.default_rng(5)
+    frames, labels, drift, n = drifting_series(rng)
+    track_ids = link_tracks(frames, drift, max_dist_A=1.0, max_gap=2, first_id=100)
+    assert all(ids.dtype == np.int32 for ids in track_ids)
+    assert all(len(ids) == len(f[0]) for ids, f in zip(track_ids, frames, strict=True))
+    seen = ids_per_column(track_ids, labels, n)
+    for column, ids in enumerate(seen):
+        assert len(ids) == (2 if column == 15 else 1), (column, ids)
+    all_ids = [i for ids in seen for i in ids]
+    assert len(all_ids) == len(set(all_ids))  # no two columns share a track
+    assert min(all_ids) == 100
+    for ids in track_ids:  # one detection per track per frame
+        assert len(np.unique(ids)) == len(ids)
+
+
+def test_linking_needs_drift_correction():
+    rng = np.random.default_rng(5)
+    frames, labels, drift, n = drifting_series(rng)
+    seen = ids_per_column(link_tracks(frames, None, max_dist_A=1.0), labels, n)
+    assert sum(len(ids) > 1 for ids in seen) > n // 2
+
+
+def test_linking_prefers_the_closer_assignment():
+    frames = [
+        (np.array([0.0, 1.0]), np.array([0.0, 0.0])),
+        (np.array([1.1, 0.1]), np.array([0.0, 0.0])),  # reordered
+    ]
+    ids = link_tracks(frames, np.zeros((2, 2)), max_dist_A=0.9)
+    np.testing.assert_array_equal(ids[1], ids[0][::-1])
+    empty = link_tracks([(np.zeros(0), np.zeros(0))] + frames, None, max_dist_A=0.9)
+    assert len(empty[0]) == 0 and list(empty[1]) == [0, 1]
+    static = link_tracks([frames[0]] * 3, None, max_dist_A=0.9)  # distance exactly 0
+    assert all(list(ids) == [0, 1] for ids in static)
+
+
+# ---------------------------------------------------------------------------------------
+# HMM smoothing
+# ---------------------------------------------------------------------------------------
+
+
+def noisy_probs(rng, depths, n_depths=8, p_true=0.6):
+    """Per-frame probabilities over depths 1..n_depths peaked at ``depths`` with noise."""
+    probs = rng.dirichlet(np.full(n_depths, 2.0), size=len(depths)) * (1 - p_true)
+    probs[np.arange(len(depths)), np.asarray(depths) - 1] += p_true
+    return probs
+
+
+def test_single_frame_flips_are_smoothed_away():
+    rng = np.random.default_rng(0)
+    depths = np.full(30, 4)
+    flips = {5: 5, 12: 2, 20: 7, 21: 3}
+    for frame, wrong in flips.items():
+        depths[frame] = wrong
+    probs = noisy_probs(rng, depths, p_true=0.7)
+    assert len(np.unique(probs.argmax(axis=1))) > 1  # the raw sequence flickers
+    smoothed = smooth_depths(probs, switch_prob=0.02, first_depth=1)
+    np.testing.assert_array_equal(smoothed, 4)
+
+
+@given(seed=st.integers(0, 2**31 - 1), flicker=st.integers(1, 18))
+@settings(max_examples=30, deadline=None)
+def test_genuine_step_is_kept_at_the_right_frame(seed, flicker):
+    rng = np.random.default_rng(seed)
+    truth = np.array([6] * 6 + [5] * 14)
+    observed = truth.copy()
+    if flicker not in (5, 6):  # a flip elsewhere must not move the step
+        observed[flicker] = 3
+    probs = noisy_probs(rng, observed, p_true=0.6)
+    np.testing.assert_array_equal(smooth_depths(probs, first_depth=1), truth)
+
+
+def test_missing_frames_and_background_class():
+    rng = np.random.default_rng(1)
+    probs = noisy_probs(rng, [3] * 8, n_depths=6)
+    probs[[2, 3]] = np.nan
+    np.testing.assert_array_equal(smooth_depths(probs, first_depth=1), 3)
+    with_background = np.concatenate([np.zeros((8, 1)), probs], axis=1)
+    np.testing.assert_array_equal(smooth_depths(with_background, first_depth=0), 3)
+    assert smooth_depths(np.zeros((0, 4))).shape == (0,)
+    with pytest.raises(ValueError):
+        smooth_depths(probs, switch_prob=1.0)
+
+
+def test_smooth_track_depths_follows_tracks():
+    rng = np.random.default_rng(2)
+    # two tracks, listed in varying order; track 7 flickers once, track 9 steps 6 -> 5
+    truth = {7: [2] * 10, 9: [6] * 4 + [5] * 6}
+    observed = {7: [2] * 4 + [4] + [2] * 5, 9: truth[9]}
+    track_ids, probs = [], []
+    for t in range(10):
+        order = [7, 9] if t % 2 else [9, 7]
+        track_ids.append(np.array(order))
+        probs.append(noisy_probs(rng, [observed[k][t] for k in order], p_true=0.7))
+    depths, confidences = smooth_track_depths(track_ids, probs)
+    for t in range(10):
+        for row, track in enumerate(track_ids[t]):
+            assert depths[t][row] == truth[track][t]
+            assert confidences[t][row] == pytest.approx(probs[t][row][truth[track][t] - 1])
+    assert depths[0].dtype == np.uint8 and confidences[0].dtype == np.float32
+    # an untracked detection (id -1) keeps its own most probable depth
+    track_ids[4] = np.array([9, -1])  # the frame where track 7 flickers to 4
+    depths, _ = smooth_track_depths(track_ids, probs)
+    assert depths[4][1] == 4 and depths[4][0] == 5
+    assert all(depths[t][list(track_ids[t]).index(7)] == 2 for t in range(10) if t != 4)
+
+
+# ---------------------------------------------------------------------------------------
+# events
+# ---------------------------------------------------------------------------------------
+
+
+def test_detect_events():
+    track_ids = [[0, 1, 2, 4], [0, 1, 2, 4], [0, 2, 3], [0, 2, 3, 4], [2, 3, 4]]
+    depths = [[3, 4, 5, 1], [3, 4, 5, 1], [3, 4, 2], [3, 4, 2, 1], [4, 2, 1]]
+    confidences = [[0.9] * 4, [0.9] * 4, [0.9, 0.8, 0.7], [0.9, 0.6, 0.7, 0.9], [0.6, 0.7, 0.9]]
+    as_arrays = [[np.array(v) for v in seq] for seq in (track_ids, depths, confidences)]
+    events = detect_events(*as_arrays, species="Ce")
+    expected = [
+        (2, 1, "vanished", 4, 0),
+        (2, 2, "depth_change", 5, 4),
+        (2, 3, "appeared", 0, 2),
+        (4, 0, "vanished", 3, 0),
+    ]  # track 4 is missed in frame 2 only: no event
+    got = [(e["frame"], e["track"], e["kind"], e["depth_before"], e["depth_after"]) for e in events]
+    assert got == expected
+    assert all(e["species"] == "Ce" for e in events)
+    assert np.isnan(events[0]["confidence"])
+    assert events[1]["confidence"] == pytest.approx(0.8)
+    assert events[2]["confidence"] == pytest.approx(0.7)
+    # tracks shorter than min_track_length are ignored
+    short = detect_events(*as_arrays, min_track_length=3)
+    assert {e["track"] for e in short} == {0, 2, 3}
+    assert detect_events([], [], []) == []
+
+
+def test_pipeline_reports_vanishing_columns():
+    rng = np.random.default_rng(5)
+    frames, labels, drift, n = drifting_series(rng)
+    track_ids = link_tracks(frames, drift, max_dist_A=1.0)
+    depths = [np.full(len(ids), 4) for ids in track_ids]
+    confidences = [np.full(len(ids), 0.9) for ids in track_ids]
+    events = detect_events(track_ids, depths, confidences)
+    label_of = {
+        int(i): int(c)
+        for ids, lab in zip(track_ids, labels, strict=True)
+        for i, c in zip(ids, lab, strict=True)
+    }
+    got = sorted((e["frame"], label_of[e["track"]], e["kind"]) for e in events)
+    assert got == [
+        (2, 15, "vanished"),
+        (4, 3, "vanished"),
+        (4, 7, "vanished"),
+        (5, 15, "appeared"),
+        (6, n - 1, "appeared"),
+    ]
