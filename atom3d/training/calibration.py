@@ -12,13 +12,14 @@ References
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.nn import functional as F
+
+from atom3d.evaluation import metrics as _metrics
+from atom3d.evaluation.metrics import ReliabilityCurve
 
 
 def fit_temperature(
@@ -74,98 +75,17 @@ def fit_temperature(
     return float(np.clip(temperature, *bounds))
 
 
-class ReliabilityCurve(NamedTuple):
-    """Per-bin calibration statistics (equal-width confidence bins on [0, 1]).
-
-    Attributes
-    ----------
-    bin_edges : ndarray
-        ``(n_bins + 1,)`` edges; bin ``i`` is ``(edges[i], edges[i + 1]]`` (the first
-        also holds 0).
-    confidence : ndarray
-        ``(n_bins,)`` mean confidence per bin (NaN if empty).
-    accuracy : ndarray
-        ``(n_bins,)`` fraction correct per bin (NaN if empty).
-    count : ndarray
-        ``(n_bins,)`` number of predictions per bin.
-    """
-
-    bin_edges: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    count: np.ndarray
+def _to_numpy(x: ArrayLike | Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def reliability_curve(
-    confidence: ArrayLike | Tensor, correct: ArrayLike | Tensor, n_bins: int = 10
-) -> ReliabilityCurve:
-    """Mean confidence, accuracy and count per equal-width confidence bin.
-
-    Parameters
-    ----------
-    confidence : array_like
-        ``(N,)`` probability of the predicted class, in [0, 1].
-    correct : array_like
-        ``(N,)`` bool, whether the prediction was right.
-    n_bins : int
-        Number of equal-width bins on [0, 1].
-
-    Returns
-    -------
-    ReliabilityCurve
-    """
-    conf, ok = _as_numpy(confidence, correct)
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    index = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(index, minlength=n_bins)
-    conf_sum = np.bincount(index, weights=conf, minlength=n_bins)
-    ok_sum = np.bincount(index, weights=ok.astype(np.float64), minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
-        accuracy = np.where(count > 0, ok_sum / count, np.nan)
-    return ReliabilityCurve(np.linspace(0.0, 1.0, n_bins + 1), mean_conf, accuracy, count)
+def reliability_curve(confidence: ArrayLike | Tensor, correct: ArrayLike | Tensor,
+                      n_bins: int = 10) -> ReliabilityCurve:
+    """:func:`atom3d.evaluation.metrics.reliability_curve` for NumPy arrays or tensors."""
+    return _metrics.reliability_curve(_to_numpy(confidence), _to_numpy(correct), n_bins)
 
 
-def expected_calibration_error(
-    confidence: ArrayLike | Tensor, correct: ArrayLike | Tensor, n_bins: int = 10
-) -> float:
-    """Expected calibration error ``sum_b (n_b / N) |accuracy_b - confidence_b|``.
-
-    Parameters
-    ----------
-    confidence : array_like
-        ``(N,)`` probability of the predicted class, in [0, 1].
-    correct : array_like
-        ``(N,)`` bool, whether the prediction was right.
-    n_bins : int
-        Number of equal-width bins on [0, 1].
-
-    Returns
-    -------
-    float
-        ECE in [0, 1]; 0 for an empty input.
-    """
-    curve = reliability_curve(confidence, correct, n_bins)
-    total = curve.count.sum()
-    if total == 0:
-        return 0.0
-    filled = curve.count > 0
-    gap = np.abs(curve.accuracy[filled] - curve.confidence[filled])
-    return float(np.sum(curve.count[filled] * gap) / total)
-
-
-def _as_numpy(
-    confidence: ArrayLike | Tensor, correct: ArrayLike | Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(confidence, Tensor):
-        confidence = confidence.detach().cpu().numpy()
-    if isinstance(correct, Tensor):
-        correct = correct.detach().cpu().numpy()
-    conf = np.asarray(confidence, dtype=np.float64).ravel()
-    ok = np.asarray(correct, dtype=bool).ravel()
-    if conf.shape != ok.shape:
-        raise ValueError(f"confidence and correct differ in size: {conf.size} != {ok.size}")
-    if conf.size and (np.nanmin(conf) < 0 or np.nanmax(conf) > 1 or np.isnan(conf).any()):
-        raise ValueError("confidence must be in [0, 1] (and not NaN)")
-    return conf, ok
+def expected_calibration_error(confidence: ArrayLike | Tensor, correct: ArrayLike | Tensor,
+                               n_bins: int = 10) -> float:
+    """:func:`atom3d.evaluation.metrics.ece` (the one implementation) for arrays or tensors."""
+    return _metrics.ece(_to_numpy(confidence), _to_numpy(correct), n_bins)
