@@ -81,11 +81,24 @@ def plot_dataset(path: str | Path, png: str | Path, n: int = 8, seed: int = 0) -
         ax.set_xlim(-0.5, clean.shape[1] - 0.5)
         ax.set_ylim(clean.shape[0] - 0.5, -0.5)
         ax.axis("off")
+        # Zoom (12 Å square) on the noise-free image around the middle of the structure:
+        # label maps (Ce filled, O contour) and column positions must sit on the columns.
         ax2 = axes[2 * (j // cols) + 1, j % cols]
+        half = 6.0 / p
+        if ce.any():
+            mid = np.array([np.median(table["x"][ce]), np.median(table["y"][ce])]) / p
+        else:
+            mid = np.array(clean.shape[::-1]) / 2
         ax2.imshow(clean, cmap="gray")
         lab = np.asarray(root["label_class"][s, 0]).astype(float)
-        ax2.imshow(np.ma.masked_equal(lab, 0), cmap=cmap, vmin=0.5, vmax=kmax + 0.5, alpha=0.6)
-        ax2.set_title("noise-free + Ce label map", fontsize=8)
+        ax2.imshow(np.ma.masked_equal(lab, 0), cmap=cmap, vmin=0.5, vmax=kmax + 0.5, alpha=0.45)
+        amp_o = np.asarray(root["label_amp"][s, 1]) / 255.0
+        ax2.contour(amp_o, levels=[0.5], colors="orange", linewidths=0.6)
+        ax2.plot(table["x"][ce] / p, table["y"][ce] / p, "+", color="red", ms=6)
+        ax2.plot(table["x"][ox] / p, table["y"][ox] / p, "x", color="orange", ms=4)
+        ax2.set_xlim(mid[0] - half, mid[0] + half)
+        ax2.set_ylim(mid[1] + half, mid[1] - half)
+        ax2.set_title("zoom 12 Å: Ce (+, fill), O (x, ring)", fontsize=8)
         ax2.axis("off")
     for ax in axes.flat[len(pick) * 2:]:
         ax.axis("off")

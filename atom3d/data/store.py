@@ -124,3 +124,16 @@ def param(root: zarr.Group, name: str) -> np.ndarray:
     """One per-image parameter for all images."""
     names = list(root.attrs["param_names"])
     return root["params"][:, names.index(name)]
+
+
+def class_frequencies(root: zarr.Group) -> dict[str, list[float]]:
+    """Soft-target mass per class over all images of the finished structures (normalised)."""
+    done = np.asarray(root["done"][:], bool)
+    mass = np.asarray(root["class_mass"][:])[done]  # (S', 2, K+1), per image of a structure
+    n_images = int(root.attrs["n_images"])
+    per = int(root.attrs["images_per_structure"])
+    counts = np.array([len(images_of_structure(int(s), n_images, per))
+                       for s in np.flatnonzero(done)], float)
+    total = np.einsum("s,sck->ck", counts, mass)
+    freq = total / np.maximum(total.sum(axis=1, keepdims=True), 1e-12)
+    return {"Ce": freq[0].tolist(), "O": freq[1].tolist()}

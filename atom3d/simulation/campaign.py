@@ -169,15 +169,9 @@ def simulate_structure(store_path: str, s: int) -> float:
 
 
 def _finalize(root) -> None:
-    mass = np.asarray(root["class_mass"][:])  # (S, 2, K+1) per image of each structure
-    n_images = int(root.attrs["n_images"])
-    per = int(root.attrs["images_per_structure"])
-    counts = np.array([len(range(s * per, min((s + 1) * per, n_images)))
-                       for s in range(mass.shape[0])], float)
-    total = np.einsum("s,sck->ck", counts, mass)
-    freq = total / np.maximum(total.sum(axis=1, keepdims=True), 1e-12)
-    root.attrs.update({"class_frequencies": {"Ce": freq[0].tolist(), "O": freq[1].tolist()},
-                       "complete": True})
+    from atom3d.data.store import class_frequencies
+
+    root.attrs.update({"class_frequencies": class_frequencies(root), "complete": True})
 
 
 def prepare_store(out: Path, cfg: CampaignConfig, *, seed: int, resume: bool):

@@ -1,0 +1,137 @@
+"""LightningDataModule over a dataset store: split by structure, training and validation loaders.
+
+Constructor arguments are the config schema of ``data:`` in ``configs/train/*.yaml``.
+The store is read once at construction (its ``max_depth`` and ``class_frequencies`` set
+the network heads and class weights, see :mod:`atom3d.training.main`); items are made by
+:class:`atom3d.data.dataset.ColumnDataset`.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from atom3d.data.dataset import ColumnDataset, image_indices, read_store_info, split_structures
+from atom3d.errors import ConfigError
+
+__all__ = ["ColumnDataModule"]
+
+
+class ColumnDataModule(pl.LightningDataModule):
+    """Training and validation data from one ``atom3d simulate`` store.
+
+    Parameters
+    ----------
+    path : str
+        The dataset store (``*.zarr``).
+    batch_size : int
+        Training crops per batch (per device under DDP).
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process).
+    crop_px : int
+        Side of the square training crop [px at ``pixel_size_A``]; a multiple of
+        ``size_multiple``. A 256 px image at 0.15 Å/px is ~192 px at 0.2 Å/px: crops up
+        to 192 px never need padding.
+    val_crop_px : int, optional
+        Side of the centred validation crop [px]; None = the whole image (reflected up to
+        one common size).
+    val_batch_size : int, optional
+        Validation batch size (default ``batch_size``).
+    val_fraction : float
+        Fraction of the *structures* held out for validation (all images of a structure
+        go to the same side).
+    split_seed : int
+        Seed of the structure split.
+    pixel_size_A : float
+        Model pixel size [Å] the images are resampled to.
+    pixel_jitter : float
+        Training: relative error ε of the pixel size (U(−ε, +ε)), labels on the same grid.
+    dose_range_e_per_A2 : tuple of float, optional
+        Training: draw each item's dose log-uniformly from this range [e/Å²]; None =
+        the image's stored dose. Validation always uses the stored dose.
+    gain_range : tuple of float
+        Training: counts multiplied by U(low, high).
+    augment : bool
+        Training: random 90° rotations and flips.
+    seed : int
+        Mixed into the noise of every item (validation noise: only this and the index).
+    size_multiple : int
+        Crops must be multiples of it; the CLI sets it to ``2 ** model.depth``.
+    persistent_workers : bool
+        Keep workers alive between epochs (faster start of an epoch).
+    """
+
+    def __init__(
+        self,
+        path: str = "data/train.zarr",
+        batch_size: int = 8,
+        num_workers: int = 1,
+        crop_px: int = 128,
+        val_crop_px: int | None = None,
+        val_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        pixel_size_A: float = 0.2,
+        pixel_jitter: float = 0.03,
+        dose_range_e_per_A2: tuple[float, float] | None = None,
+        gain_range: tuple[float, float] = (0.8, 1.25),
+        augment: bool = True,
+        seed: int = 0,
+        size_multiple: int = 16,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, crop in (("crop_px", crop_px), ("val_crop_px", val_crop_px)):
+            if crop is not None and (crop < 1 or crop % size_multiple):
+                raise ConfigError(f"data.{name}={crop} must be a positive multiple of "
+                                  f"{size_multiple} (2 ** model.depth)")
+        if batch_size < 1 or num_workers < 0:
+            raise ConfigError("data.batch_size must be >= 1 and data.num_workers >= 0")
+        self.save_hyperparameters()
+        self.path = str(path)
+        self.info = read_store_info(self.path)
+        self.train_structures, self.val_structures = split_structures(
+            self.info.n_structures, val_fraction, split_seed, self.info.done)
+        self.train_dataset: ColumnDataset | None = None
+        self.val_dataset: ColumnDataset | None = None
+
+    @property
+    def max_depth(self) -> int:
+        """Largest column depth K [atoms] of the store."""
+        return self.info.max_depth
+
+    @property
+    def class_frequencies(self) -> dict[str, list[float]]:
+        """Class frequencies per species of the store."""
+        return self.info.class_frequencies
+
+    def _dataset(self, train: bool) -> ColumnDataset:
+        hp = self.hparams
+        structures = self.train_structures if train else self.val_structures
+        indices = image_indices(structures, self.info.n_images, self.info.images_per_structure)
+        return ColumnDataset(
+            self.path, indices, train=train, pixel_size_A=hp.pixel_size_A,
+            crop_px=hp.crop_px if train else hp.val_crop_px, size_multiple=hp.size_multiple,
+            pixel_jitter=hp.pixel_jitter, dose_range_e_per_A2=hp.dose_range_e_per_A2,
+            gain_range=hp.gain_range, augment=hp.augment, seed=hp.seed, info=self.info)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset(train=False)
+
+    def _loader(self, dataset: ColumnDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          drop_last=shuffle and len(dataset) > batch_size,
+                          persistent_workers=self.hparams.persistent_workers and workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_dataset, self.hparams.val_batch_size or self.hparams.batch_size,
+                            shuffle=False)

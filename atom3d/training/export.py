@@ -1,0 +1,374 @@
+"""From a trained task to a model artifact: temperature calibration, validation figures, export.
+
+Calibration
+    One temperature per species (:func:`atom3d.training.calibration.fit_temperature`) is
+    fitted on the *validation split* (structures never trained on), on the pooled logits
+    of the **column-core pixels**: pixels whose target amplitude is >= 0.5 (within
+    ~0.47 Å of a column centre for ``sigma_A`` = 0.4 Å), labelled with their column's
+    depth. Why not all labelled pixels: ~95 % of pixels are vacuum or far from a column
+    and are classified as background with near certainty, so they would dominate the NLL
+    and fit the temperature of an easy question; the confidences atom3d reports (the
+    depth confidence of each column, pooled over the column core by
+    :func:`atom3d.inference.columns.find_columns`, and the depth maps' confidence on
+    columns) are made of column-core pixels, so that is where the probabilities must be
+    right. At most ``max_pixels`` pixels per species are used (a seeded subsample).
+
+Validation figures
+    With the fitted temperature, every validation image is run through
+    :func:`atom3d.training.task.score_columns` and the results pooled with
+    :func:`atom3d.evaluation.metrics.aggregate` (F1, exact, within1, MAE, ECE, ...).
+
+Export
+    :func:`atom3d.models.artifact.save_artifact` with the classes, model pixel size,
+    normalisation, training domain (ranges of the store's config), temperatures and
+    figures.
+
+Entry points: :func:`export_model` (an in-memory task and data module),
+:func:`export_checkpoint` (a Lightning checkpoint) and :func:`export_main` (its command
+line: ``python -m atom3d.training.export CKPT --data STORE -o DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atom3d.data.datamodule import ColumnDataModule
+from atom3d.data.dataset import StoreInfo
+from atom3d.data.store import open_store, param
+from atom3d.errors import UserError
+from atom3d.evaluation.metrics import aggregate
+from atom3d.models.artifact import save_artifact
+from atom3d.training.calibration import fit_temperature
+from atom3d.training.task import SPECIES, ColumnSegmentationTask, hard_labels, score_columns
+
+__all__ = ["calibrate_temperature", "evaluate_columns", "export_checkpoint", "export_main",
+           "export_model", "training_domain"]
+
+#: How the network input is normalised (stored in the artifact; see atom3d.data.transforms).
+NORMALIZATION = {
+    "method": "frame_standardize",
+    "function": "atom3d.data.transforms.normalize",
+    "description": "resample the frame to pixel_size_A (atom3d.data.transforms.resample, "
+                   "bilinear, Gaussian pre-smoothing when shrinking > 1.5x), then "
+                   "x = (I - mean(I)) / std(I) over the whole resampled frame",
+    "eps": 1e-6,
+    "pad": "reflect",
+}
+
+
+def _batches(net: torch.nn.Module, loader, max_batches: int | None):
+    """(batch, logits) over a loader, the network in eval mode without gradients."""
+    net.eval()
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        for b, batch in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            yield batch, net(batch["image"].to(device))
+
+
+def calibrate_temperature(net: torch.nn.Module, loader, *, max_pixels: int = 200_000,
+                          max_batches: int | None = None,
+                          seed: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+    """Temperature per species fitted on the column-core pixels of a validation loader.
+
+    Returns the temperatures ``{"Ce": T, "O": T}`` and the number of pixels used; a
+    species without column pixels keeps T = 1.
+    """
+    rng = np.random.default_rng(seed)
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {sp: [] for sp, _ in SPECIES}
+    n_seen = dict.fromkeys(pooled, 0)
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    per_batch = max(2 * max_pixels // max(n_batches, 1), 1)  # pooled: <= 2 * max_pixels
+    for batch, logits in _batches(net, loader, max_batches):
+        for (species, name), z in zip(SPECIES, logits, strict=True):
+            hard = hard_labels(batch[f"{name}_class"], batch[f"{name}_amp"])
+            mask = (hard > 0) & (batch[f"{name}_weight"] > 0)
+            b, r, c = (t.numpy() for t in torch.nonzero(mask, as_tuple=True))
+            if b.size > per_batch:
+                pick = np.sort(rng.choice(b.size, per_batch, replace=False))
+                b, r, c = b[pick], r[pick], c[pick]
+            z = z.float().cpu().numpy()
+            pooled[species].append((z[b, :, r, c], hard.numpy()[b, r, c]))
+            n_seen[species] += b.size
+    temperature, used = {}, {}
+    for species, chunks in pooled.items():
+        if not chunks or sum(len(y) for _, y in chunks) == 0:
+            temperature[species], used[species] = 1.0, 0
+            continue
+        logits = np.concatenate([z for z, _ in chunks])
+        labels = np.concatenate([y for _, y in chunks])
+        if len(labels) > max_pixels:
+            pick = rng.choice(len(labels), max_pixels, replace=False)
+            logits, labels = logits[pick], labels[pick]
+        temperature[species] = fit_temperature(logits, labels)
+        used[species] = int(len(labels))
+    return temperature, used
+
+
+def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[str, float], *,
+                     max_batches: int | None = None) -> dict[str, Any]:
+    """Column and pixel figures of the validation loader with calibrated probabilities."""
+    hp = task.hparams
+    results: dict[str, list[dict[str, Any]]] = {sp: [] for sp, _ in SPECIES}
+    pixels = {sp: np.zeros(2) for sp, _ in SPECIES}
+    n_images = 0
+    for batch, logits in _batches(task.net, loader, max_batches):
+        columns = batch["columns"].numpy()
+        pixel = batch["pixel_size_A"].numpy()
+        n_images += len(pixel)
+        for s, ((species, name), z) in enumerate(zip(SPECIES, logits, strict=True)):
+            valid = (batch[f"{name}_weight"] > 0).numpy()
+            hard = hard_labels(batch[f"{name}_class"], batch[f"{name}_amp"]).numpy()
+            probs = torch.softmax(z.float() / temperature[species], dim=1).cpu().numpy()
+            pixels[species] += [valid.sum(), ((probs.argmax(axis=1) == hard) & valid).sum()]
+            for i in range(len(pixel)):
+                rows = columns[i]
+                rows = rows[np.isfinite(rows[:, 0]) & (rows[:, 2] == s)]
+                result = score_columns(probs[i], rows[:, [0, 1, 3]], valid[i], float(pixel[i]),
+                                       min_separation_A=hp.min_separation_A[s],
+                                       match_distance_A=hp.match_distance_A[s],
+                                       threshold=hp.column_threshold,
+                                       margin_A=hp.eval_margin_A)
+                results[species].append(result)
+    out: dict[str, Any] = {"n_images": n_images}
+    for species, _ in SPECIES:
+        summary = aggregate(results[species])
+        keep = ("tp", "fp", "fn", "precision", "recall", "f1", "exact", "within1", "mae",
+                "mean_distance_A", "ece")
+        out[species] = {k: summary[k] for k in keep}
+        total, ok = pixels[species]
+        out[species]["pixel_acc"] = float(ok / total) if total else float("nan")
+    return out
+
+
+def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Ranges of the simulation parameters seen in training (from the store's config).
+
+    Units are in the key names; defocus positive = underfocus (C10 = −defocus). Ranges
+    read from the config are the *drawn* ranges; ``thickness_A`` is the range found in
+    the store's images (it follows from the structures, not from one config key).
+    """
+    cfg = info.config
+    optics, detector, structure = cfg["optics"], cfg["detector"], cfg["structure"]
+
+    def scaled(values, factor):
+        return [float(v) * factor for v in values]
+
+    root = open_store(info.path)
+    thickness = param(root, "thickness_A")
+    thickness = thickness[np.isfinite(thickness)]
+    depth_ce = param(root, "max_ce_depth")
+    depth_o = param(root, "max_o_depth")
+    dose = [float(v) for v in detector["dose_e_per_A2"]]
+    train_dose = data_hparams.get("dose_range_e_per_A2")
+    return {
+        "zone_axis": list(structure["zone_axis"]),
+        "energy_keV": float(optics["energy_keV"]),
+        "defocus_A": scaled(optics["defocus_nm"], 10.0),
+        "defocus_convention": "positive = underfocus (C10 = -defocus)",
+        "cs_A": scaled(optics["cs_um"], 1e4),
+        "c5_A": scaled(optics["c5_mm"], 1e7),
+        "focal_spread_A": scaled(optics["focal_spread_nm"], 10.0),
+        "astigmatism_A": scaled(optics["astigmatism_nm"], 10.0),
+        "aperture_mrad": [float(v) for v in optics["aperture_mrad"]],
+        "p_no_aperture": float(optics["p_no_aperture"]),
+        "angular_spread_mrad": [float(v) for v in optics["angular_spread_mrad"]],
+        "tilt_mrad": [float(v) for v in structure["tilt_mrad"]],
+        "dose_e_per_A2": ([min(dose[0], train_dose[0]), max(dose[1], train_dose[1])]
+                          if train_dose else dose),
+        "detector_pixel_size_A": [float(v) for v in detector["pixel_size_A"]],
+        "pixel_size_jitter": float(data_hparams.get("pixel_jitter", 0.0)),
+        "thickness_A": ([float(thickness.min()), float(thickness.max())]
+                        if thickness.size else None),
+        "max_column_depth": {"Ce": int(np.nanmax(depth_ce)) if depth_ce.size else None,
+                             "O": int(np.nanmax(depth_o)) if depth_o.size else None},
+        "particle_diameter_nm": [float(v) for v in structure["particle_diameter_nm"]],
+        "slab_thickness_layers": [float(v) for v in structure["slab_thickness_layers"]],
+        "label_sigma_A": info.sigma_A,
+        "dataset": {"path": info.path, "n_images": info.n_images,
+                    "n_structures": info.n_structures,
+                    "seed": int(root.attrs["seed"]),
+                    "atom3d_version": str(root.attrs["atom3d_version"]),
+                    "val_fraction": float(data_hparams.get("val_fraction", 0.0)),
+                    "split_seed": int(data_hparams.get("split_seed", 0))},
+    }
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities → None, NumPy scalars → Python numbers, tuples → lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
+                 out_dir: str | Path, *, name: str = "ceo2-110", max_batches: int | None = None,
+                 max_pixels: int = 200_000, extra_metrics: Mapping[str, Any] | None = None) -> Path:
+    """Calibrate on the validation split, evaluate, and write the model artifact.
+
+    Parameters
+    ----------
+    task : ColumnSegmentationTask
+        The trained task (its ``net`` is exported; it is left in eval mode on its device).
+    datamodule : ColumnDataModule
+        Gives the validation split, the model pixel size and the store.
+    out_dir : path
+        Artifact directory (created; existing artifact files are replaced).
+    name : str
+        Model name in ``config.json``.
+    max_batches : int, optional
+        Use at most this many validation batches (quick exports).
+    max_pixels : int
+        Most column-core pixels per species used for the temperature fit.
+    extra_metrics : mapping, optional
+        Merged into the artifact's ``metrics`` (e.g. the checkpoint's epoch).
+
+    Returns
+    -------
+    Path
+        The artifact directory.
+    """
+    datamodule.setup("validate")
+    loader = datamodule.val_dataloader()
+    hp = datamodule.hparams
+    if datamodule.val_dataset is None or len(datamodule.val_dataset) == 0:
+        temperature, used = {sp: 1.0 for sp, _ in SPECIES}, {sp: 0 for sp, _ in SPECIES}
+        figures: dict[str, Any] = {"n_images": 0}
+    else:
+        temperature, used = calibrate_temperature(task.net, loader, max_pixels=max_pixels,
+                                                  max_batches=max_batches, seed=int(hp.seed))
+        figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
+    metrics = {
+        "validation": figures,
+        "calibration": {"split": "validation (held-out structures)",
+                        "pixels": "column cores (target amplitude >= 0.5), true depth as label",
+                        "n_pixels": used},
+        "evaluation": {"min_separation_A": list(task.hparams.min_separation_A),
+                       "match_distance_A": list(task.hparams.match_distance_A),
+                       "edge_margin_A": float(task.hparams.eval_margin_A),
+                       "noise": "Poisson at the stored dose, seeded by image index",
+                       "val_crop_px": datamodule.val_dataset.crop_px
+                       if datamodule.val_dataset is not None else None},
+        **dict(extra_metrics or {}),
+    }
+    k = task.n_classes - 1
+    return save_artifact(
+        task.net, out_dir, name=name, classes={"Ce": k, "O": k},
+        pixel_size_A=float(hp.pixel_size_A), normalization=NORMALIZATION,
+        training_domain=_strict_json(training_domain(datamodule.info, dict(hp))),
+        temperature=temperature, metrics=_strict_json(metrics))
+
+
+def _read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a foreign or corrupt file
+        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+
+
+def _arguments_of(cls: type, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of saved hyper-parameters that are constructor arguments of ``cls``."""
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return {k: v for k, v in hparams.items() if k in names}
+
+
+def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_dir: str | Path,
+                      *, name: str = "ceo2-110", max_batches: int | None = None,
+                      num_workers: int = 0, batch_size: int | None = None,
+                      max_pixels: int = 200_000) -> Path:
+    """Calibrate and export the network of a Lightning checkpoint of :class:`ColumnSegmentationTask`.
+
+    Parameters
+    ----------
+    ckpt_path : path
+        A checkpoint written by ``atom3d train fit`` (e.g. ``.../checkpoints/last.ckpt``).
+    store_path : path, optional
+        The dataset store whose validation split calibrates the model; default the
+        store the checkpoint was trained on (its ``data.path``). The split is the same
+        as in training (same ``val_fraction`` and ``split_seed``).
+    out_dir : path
+        Artifact directory.
+    name, max_batches, max_pixels
+        See :func:`export_model`.
+    num_workers, batch_size : int
+        DataLoader settings for the calibration pass (default: 0 workers, the training
+        batch size).
+
+    Returns
+    -------
+    Path
+        The artifact directory.
+    """
+    checkpoint = _read_checkpoint(ckpt_path)
+    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{ckpt_path} is not a checkpoint of atom3d train fit")
+    task = ColumnSegmentationTask(**_arguments_of(ColumnSegmentationTask,
+                                                  checkpoint["hyper_parameters"]))
+    task.load_state_dict(checkpoint["state_dict"])
+    data_hparams = _arguments_of(ColumnDataModule,
+                                 checkpoint.get("datamodule_hyper_parameters", {}))
+    if store_path is not None:
+        data_hparams["path"] = str(store_path)
+    if "path" not in data_hparams:
+        raise UserError(f"{ckpt_path} does not record its dataset; pass the store path")
+    data_hparams["num_workers"] = int(num_workers)
+    data_hparams["persistent_workers"] = False
+    if batch_size is not None:
+        data_hparams["batch_size"] = data_hparams["val_batch_size"] = int(batch_size)
+    datamodule = ColumnDataModule(**data_hparams)
+    if datamodule.max_depth + 1 != task.n_classes:
+        raise UserError(f"dataset {data_hparams['path']} has max_depth {datamodule.max_depth}, "
+                        f"the checkpoint was trained with {task.n_classes - 1}")
+    extra = {"checkpoint": {"file": Path(ckpt_path).name, "epoch": checkpoint.get("epoch"),
+                            "global_step": checkpoint.get("global_step")}}
+    return export_model(task, datamodule, out_dir, name=name, max_batches=max_batches,
+                        max_pixels=max_pixels, extra_metrics=extra)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """Command line of :func:`export_checkpoint`; returns the exit code (2 on a user error)."""
+    parser = argparse.ArgumentParser(
+        prog="atom3d train export",
+        description="Fit the calibration temperature on the validation split of the dataset "
+                    "and write a model artifact (model.safetensors + config.json) from a "
+                    "training checkpoint.")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint (*.ckpt) of atom3d train fit")
+    parser.add_argument("-o", "--out", required=True, type=Path, help="artifact directory")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset store (default: the one the checkpoint was trained on)")
+    parser.add_argument("--name", default="ceo2-110", help="model name (default ceo2-110)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="use at most this many validation batches")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.data, args.out, name=args.name,
+                                max_batches=args.max_batches, num_workers=args.workers)
+    except UserError as error:
+        print(f"atom3d: error: {error}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())

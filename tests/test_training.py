@@ -1,0 +1,335 @@
+"""Training: dataset items, the Lightning task, the real CLI (fit, resume, DDP) and export."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from torch.utils.data import DataLoader, default_collate  # noqa: E402
+
+from atom3d.data.dataset import (  # noqa: E402
+    ColumnDataset,
+    image_indices,
+    read_store_info,
+    render_item,
+    split_structures,
+)
+from atom3d.data.noise import expected_counts  # noqa: E402
+from atom3d.data.store import open_store, structure_columns  # noqa: E402
+from atom3d.data.transforms import resampled_shape  # noqa: E402
+from atom3d.models.artifact import load_artifact  # noqa: E402
+from atom3d.training.task import ColumnSegmentationTask, hard_labels  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = REPO / "configs" / "train" / "tiny.yaml"
+DEFAULT_TRAIN = REPO / "configs" / "train" / "ceo2_110.yaml"
+LABELS = {"max_depth": 12, "sigma_A": 0.4, "core_weight": 4.0, "rim_weight": 2.0}
+
+
+def _cli_args(store: Path, tmp: Path, *extra: str) -> list[str]:
+    """``fit`` on the tiny config with every output under ``tmp``."""
+    return ["fit", "--config", str(TINY_TRAIN), "--data.path", str(store),
+            "--trainer.default_root_dir", str(tmp),
+            "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
+            "--checkpoint.dirpath", str(tmp / "checkpoints"), *extra]
+
+
+def _val_dataset(store: Path, **kwargs) -> ColumnDataset:
+    info = read_store_info(store)
+    _, val = split_structures(info.n_structures, 0.5, 0, info.done)
+    indices = image_indices(val, info.n_images, info.images_per_structure)
+    return ColumnDataset(store, indices, train=False, size_multiple=4, **kwargs)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_split_by_structure_is_disjoint_and_deterministic():
+    train, val = split_structures(20, 0.25, seed=3)
+    again = split_structures(20, 0.25, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert len(val) == 5 and not set(train) & set(val)
+    assert sorted(set(train) | set(val)) == list(range(20))
+    assert not np.array_equal(val, split_structures(20, 0.25, seed=4)[1])
+    done = np.ones(20, bool)
+    done[val[0]] = False
+    train2, val2 = split_structures(20, 0.25, seed=3, done=done)
+    assert val[0] not in set(train2) | set(val2)
+    assert [len(s) for s in split_structures(2, 0.1)] == [1, 1]
+    assert len(split_structures(5, 0.0)[1]) == 0
+    # images follow their structure: no structure on both sides
+    assert list(image_indices([1, 3], 14, 4)) == [4, 5, 6, 7, 12, 13]
+
+
+def _columns(xy, depth, species):
+    xy = np.asarray(xy, float)
+    return {"x": xy[:, 0], "y": xy[:, 1], "depth": np.asarray(depth), "species": np.asarray(species)}
+
+
+def test_render_item_labels_sit_on_the_columns_of_the_grid():
+    p_det, grid = 0.3, 0.2 * 1.03  # a 3 % pixel-size jitter: labels follow the true grid
+    columns = _columns([[3.0, 4.5], [6.6, 2.1], [5.0, 7.0]], [3, 5, 2], [0, 0, 1])
+    counts = np.random.default_rng(0).poisson(10.0, (48, 48)).astype(np.float32)
+    item = render_item(counts, p_det, columns, grid_pixel_A=grid, crop_px=(40, 40),
+                       origin=(2, 3), with_columns=True, **LABELS)
+    assert item["image"].shape == (40, 40) and abs(item["image"].mean()) < 0.3
+    for (x, y), k, sp in zip(np.stack([columns["x"], columns["y"]], 1), columns["depth"],
+                             columns["species"], strict=True):
+        name = ("ce", "o")[sp]
+        r, c = round(y / grid) - 2, round(x / grid) - 3
+        assert item[f"{name}_class"][r, c] == k
+        assert item[f"{name}_amp"][r, c] > 0.8
+        assert item[f"{name}_amp"][r, c] == item[f"{name}_amp"][r - 1:r + 2, c - 1:c + 2].max()
+    assert item["ce_class"][0, 0] == 0 and item["ce_weight"][0, 0] == 1.0
+    # columns are returned in the crop frame
+    assert np.allclose(item["columns"][0, :2], [3.0 - 3 * grid, 4.5 - 2 * grid], atol=1e-5)
+    # rotations and flips move image and labels together
+    turned = render_item(counts, p_det, columns, grid_pixel_A=grid, crop_px=(40, 40),
+                         origin=(2, 3), rot90=1, flip=True, **LABELS)
+    for key in ("image", "ce_class", "ce_amp", "o_weight"):
+        assert np.array_equal(turned[key], np.rot90(item[key], 1)[:, ::-1])
+
+
+def test_render_item_pads_by_reflection_with_zero_weight():
+    counts = np.random.default_rng(1).poisson(5.0, (20, 20)).astype(np.float32)
+    columns = _columns([[1.0, 1.0]], [2], [0])
+    item = render_item(counts, 0.2, columns, grid_pixel_A=0.2, crop_px=(32, 32),
+                       origin=(-6, -6), **LABELS)
+    valid = item["valid"]
+    assert valid.sum() == 400 and valid[6:26, 6:26].all()
+    assert np.all(item["ce_weight"][~valid] == 0) and np.all(item["ce_class"][~valid] == 0)
+    assert np.array_equal(item["image"][5], item["image"][7])  # reflected about row 6
+    assert item["ce_class"][6 + 5, 6 + 5] == 2
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def test_dataset_items_shapes_and_pickling(tiny_store):
+    info = read_store_info(tiny_store)
+    train = ColumnDataset(tiny_store, crop_px=64, size_multiple=4,
+                          dose_range_e_per_A2=(50.0, 20000.0))
+    item = train[0]
+    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+    for name in ("ce", "o"):
+        assert item[f"{name}_class"].shape == (64, 64)
+        assert int(item[f"{name}_class"].max()) <= info.max_depth
+        assert item[f"{name}_amp"].dtype == torch.float32
+        assert item[f"{name}_weight"].min() >= 0
+    assert "columns" not in item
+    assert 0.2 * 0.97 <= float(item["pixel_size_A"]) <= 0.2 * 1.03
+    assert not torch.equal(train[0]["image"], train[0]["image"])  # new noise every draw
+    clone = pickle.loads(pickle.dumps(train))
+    assert clone._root is None and len(clone) == info.n_images
+    loader = DataLoader(train, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert batches[0]["image"].shape == (4, 1, 64, 64)
+    assert not torch.equal(batches[0]["image"][0], batches[1]["image"][0])
+
+
+def test_validation_items_are_deterministic_and_labelled(tiny_store):
+    val = _val_dataset(tiny_store, crop_px=None)
+    assert val.crop_px % 4 == 0
+    a, b = val[1], _val_dataset(tiny_store, crop_px=None)[1]
+    for key in a:
+        assert torch.equal(a[key].nan_to_num(-1), b[key].nan_to_num(-1)), key
+    assert float(a["pixel_size_A"]) == pytest.approx(0.2)
+    # The true columns of the store, moved into the (centred, reflected) crop frame.
+    root = open_store(tiny_store)
+    index = int(a["index"])
+    p_det = float(val._pixel[index])
+    table = structure_columns(root, int(val._structure[index]))
+    shape = resampled_shape(root["image"].shape[1:], p_det, 0.2)
+    r0, c0 = ((n - val.crop_px) // 2 for n in shape)
+    rows = a["columns"].numpy()
+    rows = rows[np.isfinite(rows[:, 0])]
+    assert len(rows) > 10
+    expected = np.stack([table["x"] - c0 * 0.2, table["y"] - r0 * 0.2], 1)
+    for x, y, sp, k in rows:
+        d = np.hypot(*(expected - [x, y]).T)
+        j = int(d.argmin())
+        assert d[j] < 1e-4 and table["species"][j] == sp and table["depth"][j] == k
+        name = ("ce", "o")[int(sp)]
+        assert int(a[f"{name}_class"][round(y / 0.2), round(x / 0.2)]) == int(k)
+
+
+def test_shot_noise_mean_is_dose_times_pixel_area_times_image(tiny_store):
+    ds = ColumnDataset(tiny_store, crop_px=64, size_multiple=4)
+    index = 2
+    rng = np.random.default_rng(5)
+    n = 300
+    draws = np.stack([ds.noisy_counts(index, rng)[0] for _ in range(n)])
+    image = np.asarray(open_store(tiny_store)["image"][index])
+    mean = expected_counts(image, float(ds._dose[index]), float(ds._pixel[index]))
+    assert draws.sum() / (n * mean.sum()) == pytest.approx(1.0, abs=0.005)
+    z = (draws.mean(axis=0) - mean) / np.sqrt(mean / n)
+    assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
+    counts, dose = ds.noisy_counts(index, rng, dose_e_per_A2=1000.0)
+    assert dose == 1000.0 and np.all(counts == np.round(counts))
+
+
+# --------------------------------------------------------------------------- task
+
+
+def test_tiny_model_overfits_a_tiny_set(tiny_store):
+    info = read_store_info(tiny_store)
+    val = _val_dataset(tiny_store, crop_px=64)
+    batch = default_collate([val[i] for i in range(len(val))])
+    torch.manual_seed(0)
+    task = ColumnSegmentationTask(max_depth=info.max_depth,
+                                  class_frequencies=info.class_frequencies,
+                                  base_width=8, depth=2)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=3e-3)
+
+    def column_pixel_accuracy() -> float:
+        task.eval()
+        with torch.no_grad():
+            logits = task(batch["image"])
+        task.train()
+        hard = hard_labels(batch["ce_class"], batch["ce_amp"])
+        return float((logits[0].argmax(1) == hard)[hard > 0].float().mean())
+
+    acc0 = column_pixel_accuracy()
+    losses = []
+    for _ in range(50):
+        loss, _ = task.losses(batch, task(batch["image"]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert column_pixel_accuracy() > max(acc0 + 0.3, 0.5)
+
+
+def test_cosine_schedule_warms_up_and_decays():
+    task = ColumnSegmentationTask(max_depth=3, base_width=4, depth=1, lr=1.0,
+                                  warmup_fraction=0.1, min_lr_ratio=0.01)
+    scheduler = task.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factor = scheduler.lr_lambdas[0]  # without a trainer: one step in total
+    assert factor(0) == pytest.approx(1.0) and factor(10) == pytest.approx(0.01)
+
+
+# --------------------------------------------------------------------------- CLI + export
+
+
+def test_cli_fast_dev_run_exports_a_loadable_artifact(tiny_store, tmp_path, monkeypatch):
+    from atom3d.training.main import train_main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "model"
+    assert train_main(_cli_args(tiny_store, tmp_path, "--trainer.fast_dev_run", "true",
+                                "--export", str(out))) == 0
+    artifact = load_artifact(out)
+    assert artifact.pixel_size_A == pytest.approx(0.2)
+    assert artifact.classes == {"Ce": 12, "O": 12}
+    config = artifact.config
+    assert config["normalization"]["method"] == "frame_standardize"
+    domain = config["training_domain"]
+    for key in ("thickness_A", "defocus_A", "cs_A", "dose_e_per_A2", "tilt_mrad",
+                "detector_pixel_size_A"):
+        assert len(domain[key]) == 2 and domain[key][0] <= domain[key][1]
+    assert all(t > 0 for t in artifact.temperature.values())
+    assert config["metrics"]["validation"]["n_images"] == 4
+
+
+def test_cli_fit_writes_checkpoints_and_metrics_resumes_and_exports(tiny_store, tmp_path,
+                                                                     monkeypatch):
+    from atom3d.training.main import train_main
+
+    monkeypatch.chdir(tmp_path)
+    args = _cli_args(tiny_store, tmp_path)  # 4 training images: 2 steps per epoch
+    assert train_main(args + ["--trainer.max_epochs", "1"]) == 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    runs = tmp_path / "runs" / "tiny"
+    header = (runs / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train/loss_step", "val/loss", "val/ce_pixel_acc", "val/ce_f1", "val/ce_exact",
+                 "val/ce_within1", "val/o_f1", "val/o_exact"):
+        assert name in header
+    assert train_main(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    resumed = (runs / "version_1" / "metrics.csv").read_text().splitlines()[1:]
+    epochs = {row.split(",")[0] for row in resumed} - {""}
+    assert epochs == {"1"}  # resumed after epoch 0, not restarted
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+
+    from atom3d.training.main import export_main
+
+    out = tmp_path / "exported"
+    assert export_main([str(last), "-o", str(out)]) == 0
+    config = load_artifact(out).config
+    assert config["metrics"]["checkpoint"]["global_step"] == 4
+    assert config["metrics"]["calibration"]["n_pixels"]["Ce"] > 0
+
+
+def test_cli_user_errors_are_one_line(tiny_store, tmp_path, monkeypatch, capsys):
+    from atom3d.training.main import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(_cli_args(tmp_path / "missing.zarr", tmp_path)) == 2
+    assert train_main(_cli_args(tiny_store, tmp_path, "--data.bogus", "1")) == 2
+    assert train_main(_cli_args(tiny_store, tmp_path, "--data.crop_px", "66")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("atom3d")]
+    assert len(errors) == 3 and "missing.zarr" in errors[0] and "crop_px" in errors[2]
+
+
+def test_default_config_parses(capsys):
+    from atom3d.training.main import train_main
+
+    assert train_main(["fit", "--config", str(DEFAULT_TRAIN), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "path: data/train.zarr" in printed and "size_multiple" not in printed
+
+
+def test_export_round_trip_gives_identical_outputs(tiny_store, tmp_path):
+    from atom3d.data.datamodule import ColumnDataModule
+    from atom3d.training.export import export_model
+
+    datamodule = ColumnDataModule(str(tiny_store), batch_size=2, num_workers=0, crop_px=64,
+                                  val_crop_px=64, val_fraction=0.5, size_multiple=4)
+    torch.manual_seed(1)
+    task = ColumnSegmentationTask(max_depth=datamodule.max_depth,
+                                  class_frequencies=datamodule.class_frequencies,
+                                  base_width=8, depth=2)
+    task.train()
+    with torch.no_grad():  # move BatchNorm statistics away from their initial values
+        for batch in datamodule.train_dataloader():
+            task(batch["image"])
+    path = export_model(task, datamodule, tmp_path / "m", name="tiny", max_batches=1)
+    artifact = load_artifact(path)
+    assert artifact.name == "tiny" and artifact.model.config() == task.net.config()
+    x = next(iter(datamodule.val_dataloader()))["image"]
+    task.eval()
+    with torch.no_grad():
+        expected = task(x)
+        got = artifact.model(x)
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(e, g)
+    probs = artifact.predict_proba(x)
+    for e, p, species in zip(expected, probs, ("Ce", "O"), strict=True):
+        T = artifact.temperature[species]
+        assert torch.allclose(torch.softmax(e / T, dim=1), p, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tiny_store, tmp_path):
+    """``trainer.strategy: ddp`` with two CPU processes (gloo), no code change."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    args = _cli_args(tiny_store, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                     "--trainer.max_epochs", "1", "--export", str(tmp_path / "model"))
+    run = subprocess.run([sys.executable, "-m", "atom3d.training.main", *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "distributed_backend=gloo" in run.stderr + run.stdout
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert load_artifact(tmp_path / "model").classes == {"Ce": 12, "O": 12}
