@@ -19,8 +19,8 @@ import numpy as np
 
 from atom3d.data.noise import add_shot_noise
 from atom3d.data.store import open_store, structure_columns
-from atom3d.evaluation.metrics import aggregate, breakdown, column_metrics, confusion_matrix
 from atom3d.errors import UserError
+from atom3d.evaluation.metrics import aggregate, breakdown, column_metrics, confusion_matrix
 
 SPECIES = ("Ce", "O")
 MATCH_A = {"Ce": 1.0, "O": 0.7}
