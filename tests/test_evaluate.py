@@ -1,0 +1,82 @@
+"""atom3d evaluate: metrics.json and plots for network and baseline; bad options; baseline sanity."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("abtem")
+
+from atom3d.cli import main  # noqa: E402
+from atom3d.data.noise import add_shot_noise  # noqa: E402
+from atom3d.data.store import open_store, structure_columns  # noqa: E402
+from atom3d.evaluation.baseline import run_baseline  # noqa: E402
+from atom3d.evaluation.metrics import column_metrics  # noqa: E402
+from atom3d.models.artifact import save_artifact  # noqa: E402
+from atom3d.models.unet import UNet  # noqa: E402
+from atom3d.simulation.library import contrast_library, thickness_series  # noqa: E402
+from atom3d.simulation.optics import Optics  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory, tiny_store):
+    import torch
+
+    torch.manual_seed(0)
+    k = int(open_store(tiny_store).attrs["max_depth"])
+    net = UNet(base_width=8, depth=2, n_classes=(k + 1, k + 1))
+    out = tmp_path_factory.mktemp("model") / "m"
+    save_artifact(net, out, name="random", classes={"Ce": k, "O": k}, pixel_size_A=0.2,
+                  normalization={"method": "frame_standardize"}, training_domain={})
+    return out
+
+
+def test_evaluate_writes_metrics_for_both_methods(tiny_store, random_model, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["evaluate", "--data", str(tiny_store), "--model", str(random_model), "-o", str(out),
+                 "--baseline", "--quiet", "--limit", "4"])
+    assert code == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["n_images"] == 4
+    assert set(doc["results"]) == {"network", "baseline"}
+    for method in ("network", "baseline"):
+        for sp in ("Ce", "O"):
+            res = doc["results"][method][sp]
+            o = res["overall"]
+            assert o["tp"] + o["fn"] > 0  # true columns were counted
+            assert len(res["by_dose_e_per_A2"]) == 5
+            for key in ("by_thickness_A", "by_defocus_A", "by_tilt_mrad", "by_pixel_size_A"):
+                assert key in res
+    for name in ("ce_conditions.png", "o_conditions.png", "ce_reliability.png",
+                 "ce_confusion_network.png"):
+        assert (out / name).stat().st_size > 5000
+    assert "network" in capsys.readouterr().out
+
+
+def test_evaluate_bad_options_exit_2(tiny_store, random_model, tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tiny_store), "--model", str(random_model), "-o",
+                 str(tmp_path / "r"), "--denoise", "median"]) == 2
+    assert "unknown denoising" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path / "none.zarr"), "-o", str(tmp_path / "r")]) == 2
+    assert main(["evaluate", "--data", str(tiny_store), "--model", str(tmp_path / "nomodel"),
+                 "-o", str(tmp_path / "r")]) == 2
+
+
+def test_baseline_finds_ce_columns_at_high_dose(tiny_store):
+    root = open_store(tiny_store)
+    names = list(root.attrs["param_names"])
+    keys = ("energy_eV", "defocus_A", "cs_A", "c5_A", "focal_spread_A", "astigmatism_A",
+            "astigmatism_angle_rad", "aperture_mrad", "angular_spread_mrad")
+    series = thickness_series(12, 300e3, 0.05, 1)
+    recalls = []
+    for i in range(root["image"].shape[0]):
+        pr = dict(zip(names, root["params"][i], strict=True))
+        lib = contrast_library(series, Optics(**{k: float(pr[k]) for k in keys}), pr["pixel_size_A"])
+        counts = add_shot_noise(root["image"][i], 20000.0, pr["pixel_size_A"], np.random.default_rng(i))
+        res = run_baseline(counts, pr["pixel_size_A"], 20000.0, lib)
+        t = structure_columns(root, int(pr["structure_index"]))
+        ce = t["species"] == 0
+        m = column_metrics(res["Ce"], {"x": t["x"][ce], "y": t["y"][ce], "depth": t["depth"][ce]}, 1.0)
+        recalls.append(m["recall"])
+        assert np.all((res["Ce"]["confidence"] >= 0) & (res["Ce"]["confidence"] <= 1))
+    assert np.mean(recalls) > 0.7
