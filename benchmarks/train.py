@@ -1,0 +1,86 @@
+"""Training throughput of the default training config; the last line is one JSON object.
+
+    step_seconds_real_loader   mean optimisation step time with the real DataLoader
+                               (zarr reads, on-the-fly noise, resampling, labels, crops)
+    step_seconds_in_memory     the same steps on batches already in memory
+    loader_overhead            their ratio (target <= 1.1: the data pipeline keeps up)
+    samples_per_second         training crops per second with the real loader
+
+Usage: python benchmarks/train.py --data data/train.zarr [--config configs/train/ceo2_110.yaml]
+       [--steps 20] [--warmup 3]
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from atom3d.data.datamodule import ColumnDataModule
+from atom3d.training.task import ColumnSegmentationTask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config", default=str(REPO / "configs/train/ceo2_110.yaml"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    data_cfg = dict(cfg.get("data", {}), path=args.data, persistent_workers=True)
+    model_cfg = dict(cfg.get("model", {}))
+    data_cfg["size_multiple"] = 2 ** int(model_cfg.get("depth", 4))
+    dm = ColumnDataModule(**data_cfg)
+    task = ColumnSegmentationTask(max_depth=dm.max_depth, class_frequencies=dm.class_frequencies,
+                                  **model_cfg)
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    task.train()
+
+    def step(batch):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = task.losses(batch, task(batch["image"]))
+        loss.backward()
+        opt.step()
+
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    batches = []
+    for _ in range(args.warmup):
+        b = next(it)
+        step(b)
+        batches.append(b)
+    t = time.perf_counter()
+    n = 0
+    for _ in range(args.steps):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(loader)
+            b = next(it)
+        step(b)
+        n += b["image"].shape[0]
+        if len(batches) < 8:
+            batches.append(b)
+    real = (time.perf_counter() - t) / args.steps
+    t = time.perf_counter()
+    for k in range(args.steps):
+        step(batches[k % len(batches)])
+    mem = (time.perf_counter() - t) / args.steps
+    result = {"config": str(Path(args.config).relative_to(REPO)) if Path(args.config).is_relative_to(REPO) else args.config,
+              "batch_size": data_cfg.get("batch_size"), "crop_px": data_cfg.get("crop_px"),
+              "num_workers": data_cfg.get("num_workers"), "torch_threads": torch.get_num_threads(),
+              "steps": args.steps, "step_seconds_real_loader": real,
+              "step_seconds_in_memory": mem, "loader_overhead": real / mem,
+              "samples_per_second": n / (real * args.steps)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
