@@ -123,6 +123,36 @@ def _cmd_train(args) -> int:
     return train_main(list(args.args))
 
 
+def _add_predict(sub) -> None:
+    from atom3d.inference.series import PREDICT_DESCRIPTION, configure_predict_parser
+
+    p = sub.add_parser("predict", help="column depths, tracks and events of HRTEM frames/series → HDF5",
+                       description=PREDICT_DESCRIPTION)
+    configure_predict_parser(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from atom3d.inference.series import run_predict
+
+    return run_predict(args)
+
+
+def _add_demo(sub) -> None:
+    from atom3d.demo import DEMO_DESCRIPTION, configure_demo_parser
+
+    p = sub.add_parser("demo", help="simulate a small in situ series and run predict on it",
+                       description=DEMO_DESCRIPTION)
+    configure_demo_parser(p)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from atom3d.demo import run_demo
+
+    return run_demo(args)
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy of a model (and the classical baseline) on a test dataset",
@@ -194,14 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_simulate(sub)
     _add_train(sub)
+    _add_predict(sub)
     _add_evaluate(sub)
+    _add_demo(sub)
     _add_info(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (one line, code 2)
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

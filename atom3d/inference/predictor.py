@@ -1,0 +1,350 @@
+"""One frame in, columns and depth maps out: the model applied exactly as in training.
+
+:class:`Predictor` wraps a loaded :class:`~atom3d.models.artifact.ModelArtifact` and turns
+an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePrediction`:
+
+1. **Resample** to the model's pixel size ``p_model`` (:func:`atom3d.data.transforms.resample`,
+   bilinear; physical coordinates are kept: pixel ``(r, c)`` is at ``(c·p, r·p)`` Å on both
+   grids) and **normalise** by the frame's own mean and standard deviation
+   (:func:`atom3d.data.transforms.normalize`): the same preprocessing as training.
+2. **Tiled prediction** (:func:`atom3d.inference.tiling.predict_tiled`) of the calibrated
+   class probabilities ``softmax(logits / T)`` (:meth:`ModelArtifact.predict_proba`) on the
+   model grid. The U-Net uses BatchNorm in eval mode (a fixed per-channel affine map), so
+   a tile's prediction does not depend on the other tiles or on the batch. The discarded
+   ``margin`` next to inner tile edges is the model's receptive-field radius
+   ``(receptive_field_px - 1) // 2`` when ``2 × radius <= overlap`` (then tiling is exact:
+   the stitched result equals the whole-frame prediction); otherwise (the default
+   ``base_width=32, depth=4`` network has a 275 px bound, far beyond any sensible overlap)
+   it is the fixed ``overlap // 4`` of the tiler: 16 px of the default 64 px overlap are
+   dropped on each side and 32 px are cross-faded. The receptive-field *bound* grossly
+   overstates the effective receptive field of a trained U-Net, and the cross-fade hides
+   what remains; ``seam_error`` style checks live in ``tests/test_predict.py``.
+   Frames that fit into one tile are batched across frames (identical results: a single
+   tile is never blended).
+3. **Columns** per species with :func:`atom3d.inference.columns.find_columns` on the
+   model-grid probabilities (minimum separation 2.6 Å for Ce and 1.6 Å for O; CeO2 [110]
+   has projected nearest Ce–Ce and O–O distances of 3.31 and 1.91 Å). Positions are in Å,
+   which is the same physical frame on the input grid.
+4. **Maps on the input grid**: every class-probability channel is resampled back to the
+   input pixel grid *bilinearly* (``order=1``; a convex combination, so the channels still
+   sum to one) and *then* the per-pixel argmax and its probability are taken
+   (:func:`atom3d.inference.columns.maps_from_probs`). This avoids the blocky look and the
+   half-pixel bias of taking the argmax first and resampling labels by nearest neighbour.
+
+A frame holding NaN or Inf, or without signal (standard deviation 0), is *invalid*: its
+depth maps are 0, its confidence maps NaN and its column tables empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from atom3d.data.transforms import normalize, resample, resampled_shape
+from atom3d.errors import UserError
+from atom3d.inference.columns import ColumnTable, find_columns, maps_from_probs
+from atom3d.inference.tiling import predict_tiled
+from atom3d.models.artifact import SPECIES, ModelArtifact
+
+__all__ = ["MIN_SEPARATION_A", "FramePrediction", "Predictor", "resolve_device"]
+
+#: Smallest distance between two columns of one species [Å] (peak thinning).
+MIN_SEPARATION_A = {"Ce": 2.6, "O": 1.6}
+
+#: Smallest frame side [px] on the model grid that is still predicted.
+MIN_SIDE_PX = 8
+
+
+@dataclass
+class FramePrediction:
+    """Everything predicted for one frame.
+
+    Attributes
+    ----------
+    valid : bool
+        False for a frame with NaN/Inf or without signal; then nothing was predicted.
+    reason : str
+        Why the frame is invalid ('' when valid).
+    columns : dict of ColumnTable
+        ``{"Ce": table, "O": table}``: column positions [Å] in the frame's own
+        coordinates, depth [atoms], confidence, presence and pooled probabilities.
+    ce_depth, o_depth : numpy.ndarray
+        uint8 ``(H, W)`` on the input grid: 0 = no column, k = k atoms.
+    ce_confidence, o_confidence : numpy.ndarray
+        float32 ``(H, W)``: probability of the label in the depth map (NaN if invalid).
+    """
+
+    valid: bool
+    reason: str
+    columns: dict[str, ColumnTable]
+    ce_depth: np.ndarray
+    ce_confidence: np.ndarray
+    o_depth: np.ndarray
+    o_confidence: np.ndarray
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device from a ``--device`` value, refusing unavailable ones.
+
+    Parameters
+    ----------
+    device : str
+        ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+
+    Raises
+    ------
+    atom3d.errors.UserError
+        Unknown device string, or CUDA requested but not available.
+    """
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {device}: no CUDA device is available to this torch "
+                f"({torch.__version__}); use --device cpu"
+            )
+        index = int(text[5:]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
+        return torch.device(text)
+    raise UserError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+class Predictor:
+    """Apply a model artifact to HRTEM frames (see the module docstring for the steps).
+
+    Parameters
+    ----------
+    artifact : ModelArtifact
+        Loaded model; its network is moved to ``device`` (and to float16 with ``half``).
+    device : str
+        ``'cpu'`` (default), ``'cuda'`` or ``'cuda:N'``.
+    batch_size : int
+        Tiles (or whole small frames) per forward pass.
+    tile : int
+        Tile side on the model grid [px]; rounded up to a multiple of the network's
+        ``size_multiple``. Frames smaller than a tile use one tile of their own size
+        (rounded up likewise).
+    overlap : int
+        Minimum overlap of neighbouring tiles [px] on the model grid.
+    half : bool
+        Half precision (float16) weights and inputs; CUDA only.
+
+    Attributes
+    ----------
+    margin : int
+        Pixels dropped next to inner tile edges [px] (see module docstring).
+    exact_tiling : bool
+        Whether ``margin`` covers the receptive-field bound (tiling then exact).
+    """
+
+    def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 8,
+                 tile: int = 256, overlap: int = 64, half: bool = False) -> None:
+        self.artifact = artifact
+        self.device = resolve_device(device)
+        if half and self.device.type != "cuda":
+            raise UserError("--half needs a CUDA device (--device cuda)")
+        if int(batch_size) < 1:
+            raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        model = artifact.model
+        multiple = int(model.size_multiple)
+        tile = int(tile)
+        if tile < multiple:
+            raise UserError(f"--tile must be >= {multiple} px for this model, got {tile}")
+        self.tile = -(-tile // multiple) * multiple
+        self.overlap = int(overlap)
+        if not 0 <= self.overlap < self.tile // 2:
+            raise UserError(
+                f"--overlap must be in [0, tile/2 = {self.tile // 2}) px, got {overlap}")
+        radius = (int(model.receptive_field_px) - 1) // 2
+        self.exact_tiling = 2 * radius <= self.overlap
+        self.margin = radius if self.exact_tiling else self.overlap // 4
+        self.batch_size = int(batch_size)
+        self.half = bool(half)
+        model.to(self.device)
+        if self.half:
+            model.half()
+        model.eval()
+        self.model = model
+        self.size_multiple = multiple
+        self.pixel_size_A = float(artifact.pixel_size_A)
+        self.classes = artifact.classes
+        self.n_classes = tuple(self.classes[s] + 1 for s in SPECIES)
+
+    # -- the network on the model grid -------------------------------------------------
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(B, K_ce + 1 + K_o + 1, h, w)`` of a normalised batch."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        p_ce, p_o = self.artifact.predict_proba(x)
+        out = torch.cat([p_ce, p_o], dim=1).float().cpu().numpy()
+        return out
+
+    def _tile_for(self, shape: tuple[int, int]) -> int:
+        """Tile side for a model-grid image of ``shape``: at most :attr:`tile`."""
+        m = self.size_multiple
+        return min(self.tile, -(-max(shape) // m) * m)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Tiled class probabilities of one *normalised* image on the model grid.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(h, w)`` image already resampled to :attr:`pixel_size_A` and normalised.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(K_ce + 1 + K_o + 1, h, w)``: Ce classes first, then O classes.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        tile = self._tile_for(image.shape)
+        overlap = min(self.overlap, tile - 1)
+        margin = min(self.margin, overlap // 2)
+        return predict_tiled(image, self._forward, tile=tile, overlap=overlap,
+                             batch_size=self.batch_size, n_out=sum(self.n_classes),
+                             margin=margin)
+
+    def _probabilities_single_tiles(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities of images that each fit in one tile, batched across images.
+
+        Each image is reflect-padded symmetrically to the tile as
+        :func:`~atom3d.inference.tiling.predict_tiled` does for a single tile, so the
+        result equals :meth:`probabilities` image by image.
+        """
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            tile = self._tile_for(chunk[0].shape)
+            padded, crops = [], []
+            for image in chunk:
+                pads = []
+                for n in image.shape:
+                    extra = tile - n
+                    pads.append((extra // 2, extra - extra // 2))
+                padded.append(np.pad(image, pads, mode="reflect") if any(map(any, pads))
+                              else image)
+                crops.append(tuple(slice(b, b + n) for (b, _), n in zip(pads, image.shape,
+                                                                       strict=True)))
+            probs = self._forward(np.stack(padded)[:, None])
+            out.extend(p[(slice(None), *crop)] for p, crop in zip(probs, crops, strict=True))
+        return out
+
+    # -- frames -----------------------------------------------------------------------
+
+    def model_grid(self, frame: np.ndarray, pixel_size_A: float) -> np.ndarray:
+        """A frame resampled to the model pixel size and normalised (training's preprocessing)."""
+        image = resample(frame, pixel_size_A, self.pixel_size_A, order=1)
+        if min(image.shape) < MIN_SIDE_PX:
+            raise UserError(
+                f"frame of {frame.shape} px at {pixel_size_A:g} Å/px is only {image.shape} px "
+                f"at the model's {self.pixel_size_A:g} Å/px (need >= {MIN_SIDE_PX} px a side)")
+        return normalize(image)
+
+    def predict(self, frame: np.ndarray, pixel_size_A: float) -> FramePrediction:
+        """Predict one frame (see :meth:`predict_many`)."""
+        return self.predict_many([frame], pixel_size_A)[0]
+
+    def predict_many(self, frames: Sequence[np.ndarray],
+                     pixel_size_A: float) -> list[FramePrediction]:
+        """Predict frames of one series (same shape and pixel size), batching small frames.
+
+        Parameters
+        ----------
+        frames : sequence of numpy.ndarray
+            Frames ``(H, W)`` [any intensity unit: normalisation removes gain and offset].
+        pixel_size_A : float
+            Input pixel size [Å/px].
+
+        Returns
+        -------
+        list of FramePrediction
+            One per frame, maps on the input grid.
+        """
+        if not (math.isfinite(pixel_size_A) and pixel_size_A > 0):
+            raise UserError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
+        frames = [np.asarray(f, dtype=np.float32) for f in frames]
+        results: list[FramePrediction | None] = [None] * len(frames)
+        todo: list[int] = []
+        images: list[np.ndarray] = []
+        for i, frame in enumerate(frames):
+            if frame.ndim != 2:
+                raise ValueError(f"a frame must be 2-D, got shape {frame.shape}")
+            reason = _invalid_reason(frame)
+            if reason:
+                results[i] = self._invalid(frame.shape, reason)
+                continue
+            todo.append(i)
+            images.append(self.model_grid(frame, pixel_size_A))
+        if images:
+            single = all(max(im.shape) <= self._tile_for(im.shape) for im in images)
+            if single and len({im.shape for im in images}) == 1:
+                probs = self._probabilities_single_tiles(images)
+            else:
+                probs = [self.probabilities(im) for im in images]
+            for i, p in zip(todo, probs, strict=True):
+                results[i] = self._finish(p, frames[i].shape, pixel_size_A)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, probs: np.ndarray, shape: tuple[int, int],
+                pixel_size_A: float) -> FramePrediction:
+        """Columns from model-grid probabilities; maps on the input grid."""
+        k_ce = self.n_classes[0]
+        per_species = {"Ce": probs[:k_ce], "O": probs[k_ce:]}
+        columns = {
+            s: find_columns(p, self.pixel_size_A, MIN_SEPARATION_A[s])
+            for s, p in per_species.items()
+        }
+        maps = {s: self._maps_on_input_grid(p, shape, pixel_size_A)
+                for s, p in per_species.items()}
+        return FramePrediction(True, "", columns, maps["Ce"][0], maps["Ce"][1],
+                               maps["O"][0], maps["O"][1])
+
+    def _maps_on_input_grid(self, probs: np.ndarray, shape: tuple[int, int],
+                            pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
+        """Depth and confidence maps on the input grid ``shape``.
+
+        Each class channel is resampled bilinearly to the input grid and the argmax is
+        taken over the resampled channels, one channel at a time (the same result as
+        :func:`maps_from_probs` on the resampled stack, ties going to the lower class,
+        without holding the whole stack on the input grid).
+        """
+        same = abs(pixel_size_A - self.pixel_size_A) < 1e-9 * self.pixel_size_A
+        if same and probs.shape[1:] == tuple(shape):
+            return maps_from_probs(probs)
+        depth = np.zeros(shape, np.uint8)
+        best = np.full(shape, -np.inf, np.float32)
+        for k, channel in enumerate(probs):
+            p = resample(channel, self.pixel_size_A, pixel_size_A, order=1, shape=shape)
+            better = p > best
+            depth[better] = k
+            best[better] = p[better]
+        return depth, best
+
+    def _invalid(self, shape: tuple[int, int], reason: str) -> FramePrediction:
+        zeros = np.zeros(shape, np.uint8)
+        nan = np.full(shape, np.nan, np.float32)
+        columns = {s: ColumnTable.empty(n) for s, n in zip(SPECIES, self.n_classes, strict=True)}
+        return FramePrediction(False, reason, columns, zeros, nan, zeros.copy(), nan.copy())
+
+    def model_grid_shape(self, shape: tuple[int, int], pixel_size_A: float) -> tuple[int, int]:
+        """Shape [px] of a frame of ``shape`` at ``pixel_size_A`` on the model grid."""
+        return resampled_shape(shape, pixel_size_A, self.pixel_size_A)
+
+
+def _invalid_reason(frame: np.ndarray) -> str:
+    """Why a frame cannot be predicted ('' if it can)."""
+    if frame.size == 0:
+        return "empty frame"
+    if not np.all(np.isfinite(frame)):
+        return "NaN or Inf values"
+    if float(frame.std(dtype=np.float64)) == 0.0:
+        return "no signal (constant frame)"
+    return ""

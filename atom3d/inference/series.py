@@ -1,0 +1,703 @@
+"""Streaming prediction of an HRTEM series into a results file, then tracking over time.
+
+``atom3d predict`` (:func:`predict_main`) runs :func:`predict_series` for every input.
+
+Streaming
+    Frames are read, predicted and written one at a time (small frames in batches of
+    ``--batch-size``), so memory does not grow with the number of frames; only the column
+    table (a few dozen bytes per column) is read back for tracking. The results file is
+    written by :class:`~atom3d.io.results.ResultsWriter`: into ``OUT.h5.partial`` until the
+    last step, which renames it, so a file at ``OUT.h5`` is always complete. ``--resume``
+    continues an interrupted run from the frames already committed; everything after the
+    frame loop (tracking, smoothing, events, per-frame summaries) is recomputed from what
+    the file holds, so a resumed run gives the same file as an uninterrupted one.
+
+Per frame (``/frames``)
+    ``valid``; ``n_ce``, ``n_o`` = sum of the column depths [atoms] (after smoothing when
+    it is on); ``o_ce_ratio`` = n_o / n_ce (NaN without Ce); ``area_A2`` = projected
+    particle area [Å²], the area of the union of discs of radius a/(2√2) = 1.913 Å around
+    the Ce columns, rasterised at 0.1 Å (that radius is the covering radius of the
+    projected [110] Ce lattice, so a compact particle is covered without holes; an
+    isolated false detection adds only π·1.913² = 11.5 Å²); ``radius_A`` = √(area/π);
+    ``n_surface_columns`` = Ce columns with fewer than 6 Ce columns within 4.6 Å (in the
+    [110] projection a bulk Ce column has 4 neighbours at 3.31 Å and 2 at 3.83 Å, the next
+    ones are at 5.41 Å); ``n_ce_columns``, ``n_o_columns`` = numbers of columns;
+    ``drift_x``, ``drift_y`` [Å] (NaN for invalid frames).
+
+Drift
+    :func:`~atom3d.inference.tracking.cumulative_drift` (frame to frame, ``'previous'``)
+    on *presence images* rendered from the detected columns (a Gaussian of σ = 0.5 Å per
+    column, Ce weight 1, O weight 0.5, on a grid of max(p, 0.25 Å)): much cleaner than
+    the raw low-dose frames and computed from the file alone (resume-safe). Invalid frames
+    are skipped (the chain jumps over them).
+
+Tracks, smoothing, events
+    :func:`~atom3d.inference.tracking.link_tracks` per species (Ce within 1.2 Å, O within
+    0.8 Å after drift correction, gaps up to 2 frames; O ids start after the last Ce id).
+    For series (more than one frame) the depth of each track is smoothed by the HMM of
+    :func:`~atom3d.inference.tracking.smooth_track_depths` (``--no-smooth`` turns it
+    off): ``depth`` and ``confidence`` of ``/columns`` then hold the smoothed depth and its
+    per-frame probability, while the extra fields ``depth_frame``/``confidence_frame``
+    keep the frame-by-frame values. :func:`~atom3d.inference.tracking.detect_events`
+    (tracks seen in at least 2 frames) fills ``/events``.
+
+Extra ``/columns`` fields
+    ``p_column`` (probability that a column is there), ``depth_frame``,
+    ``confidence_frame``, and ``p_depth_1 … p_depth_K`` (float16: pooled probability of
+    each depth given a column, K = the larger of the model's two class counts; 0 beyond a
+    species' own K). The depth posteriors make the smoothing reproducible on resume and
+    let users re-analyse a series without rerunning the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from atom3d.errors import UserError
+from atom3d.inference.predictor import FramePrediction, Predictor
+from atom3d.inference.tracking import (
+    cumulative_drift,
+    detect_events,
+    link_tracks,
+    smooth_track_depths,
+)
+from atom3d.io.results import ResultsWriter, partial_path, read_results, sha256_file
+from atom3d.models.artifact import DEFAULT_MODEL  # model used when --model is not given
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "area_and_radius",
+    "build_predict_parser",
+    "configure_predict_parser",
+    "count_surface_columns",
+    "predict_main",
+    "predict_series",
+    "run_predict",
+]
+
+log = logging.getLogger(__name__)
+
+
+#: Half the [110] repeat: covering radius of the projected Ce lattice, a/(2√2) [Å].
+CE_DISC_RADIUS_A = 5.411 / (2 * math.sqrt(2))
+#: Raster spacing of the area computation [Å].
+AREA_RASTER_A = 0.1
+#: Ce columns within this distance count as neighbours [Å]; bulk columns have 6.
+SURFACE_NEIGHBOUR_CUTOFF_A = 4.6
+SURFACE_MIN_NEIGHBOURS = 6
+#: Tracking: largest drift-corrected step of one column between frames [Å].
+LINK_MAX_DIST_A = {"Ce": 1.2, "O": 0.8}
+LINK_MAX_GAP = 2
+#: HMM smoothing: probability per frame that a column's depth changes; largest step.
+SWITCH_PROB = 0.02
+MAX_STEP = 2
+#: Events of tracks seen in fewer frames are ignored (isolated false detections).
+MIN_TRACK_LENGTH = 2
+#: Presence images for drift: Gaussian width [Å], grid spacing floor [Å], O weight.
+DRIFT_SIGMA_A = 0.5
+DRIFT_GRID_A = 0.25
+DRIFT_O_WEIGHT = 0.5
+#: Invalid frames reported one by one on stderr (the rest are only counted).
+MAX_INVALID_MESSAGES = 5
+
+_SPECIES = ("Ce", "O")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def area_and_radius(x_A: np.ndarray, y_A: np.ndarray,
+                    disc_radius_A: float = CE_DISC_RADIUS_A,
+                    raster_A: float = AREA_RASTER_A) -> tuple[float, float]:
+    """Projected particle area [Å²] and equivalent radius [Å] from Ce column positions.
+
+    The area is that of the union of discs of ``disc_radius_A`` around the columns,
+    counted on a raster of ``raster_A`` (pixel centres inside a disc); the radius is
+    ``sqrt(area / π)``. No columns give (0, 0).
+    """
+    xy = np.column_stack([np.asarray(x_A, np.float64), np.asarray(y_A, np.float64)])
+    if len(xy) == 0:
+        return 0.0, 0.0
+    lo = xy.min(axis=0) - disc_radius_A - raster_A
+    n = np.ceil((xy.max(axis=0) + disc_radius_A + raster_A - lo) / raster_A).astype(int) + 1
+    mask = np.zeros((n[1], n[0]), bool)  # [y, x]
+    r_px = disc_radius_A / raster_A
+    k = int(np.ceil(r_px)) + 1
+    d = np.arange(-k, k + 1)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    centre = (xy - lo) / raster_A  # raster coordinates (x, y)
+    base = np.rint(centre).astype(int)
+    for (bx, by), (cx, cy) in zip(base, centre, strict=True):
+        px, py = bx + dx, by + dy
+        inside = (px - cx) ** 2 + (py - cy) ** 2 <= r_px**2
+        mask[py[inside], px[inside]] = True
+    area = float(mask.sum()) * raster_A**2
+    return area, math.sqrt(area / math.pi)
+
+
+def count_surface_columns(x_A: np.ndarray, y_A: np.ndarray,
+                          cutoff_A: float = SURFACE_NEIGHBOUR_CUTOFF_A,
+                          min_neighbours: int = SURFACE_MIN_NEIGHBOURS) -> int:
+    """Number of Ce columns with fewer than ``min_neighbours`` Ce columns within ``cutoff_A``."""
+    xy = np.column_stack([np.asarray(x_A, np.float64), np.asarray(y_A, np.float64)])
+    if len(xy) == 0:
+        return 0
+    counts = cKDTree(xy).query_ball_point(xy, cutoff_A, return_length=True) - 1
+    return int(np.sum(counts < min_neighbours))
+
+
+# --------------------------------------------------------------------------- per frame
+
+
+def _column_rows(pred: FramePrediction, k_max: int) -> dict[str, np.ndarray]:
+    """The ``/columns`` rows of one frame (Ce first, then O) with the extra fields."""
+    parts: dict[str, list[np.ndarray]] = {}
+
+    def add(name: str, values: np.ndarray) -> None:
+        parts.setdefault(name, []).append(values)
+
+    for species in _SPECIES:
+        t = pred.columns[species]
+        n = len(t)
+        given = np.zeros((n, k_max), np.float64)
+        if n:
+            p = t.probs[:, 1:].astype(np.float64)
+            given[:, : p.shape[1]] = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+        add("x", t.x_A)
+        add("y", t.y_A)
+        add("depth", t.depth)
+        add("confidence", t.confidence)
+        add("species", np.full(n, species))
+        add("p_column", t.p_column)
+        add("depth_frame", t.depth)
+        add("confidence_frame", t.confidence)
+        for k in range(k_max):
+            add(f"p_depth_{k + 1}", given[:, k].astype(np.float16))
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def _frame_row(pred: FramePrediction) -> dict[str, Any]:
+    """The ``/frames`` row of one frame (drift is filled in after the loop)."""
+    ce, o = pred.columns["Ce"], pred.columns["O"]
+    n_ce = int(ce.depth.astype(np.int64).sum())
+    n_o = int(o.depth.astype(np.int64).sum())
+    area, radius = area_and_radius(ce.x_A, ce.y_A)
+    return {
+        "valid": bool(pred.valid),
+        "drift_x": math.nan,
+        "drift_y": math.nan,
+        "n_ce": n_ce,
+        "n_o": n_o,
+        "o_ce_ratio": np.float32(n_o / n_ce) if n_ce else np.float32(np.nan),
+        "area_A2": np.float32(area),
+        "radius_A": np.float32(radius),
+        "n_surface_columns": np.int32(count_surface_columns(ce.x_A, ce.y_A)),
+        "n_ce_columns": np.int32(len(ce)),
+        "n_o_columns": np.int32(len(o)),
+    }
+
+
+def _write_prediction(writer: ResultsWriter, i: int, pred: FramePrediction, k_max: int) -> None:
+    """Write frame ``i`` (maps, columns, frame row) and commit it."""
+    writer.write_frame(
+        i, ce_depth=pred.ce_depth, ce_confidence=pred.ce_confidence,
+        o_depth=pred.o_depth, o_confidence=pred.o_confidence,
+        columns=_column_rows(pred, k_max), frame_row=_frame_row(pred),
+    )
+
+
+# --------------------------------------------------------------------------- after the loop
+
+
+def _split_by_frame(frame: np.ndarray, n_frames: int) -> list[np.ndarray]:
+    """Row indices of each frame (rows sorted by frame)."""
+    bounds = np.searchsorted(frame, np.arange(n_frames + 1))
+    return [np.arange(bounds[t], bounds[t + 1]) for t in range(n_frames)]
+
+
+def _presence_images(cols: dict[str, np.ndarray], rows: list[np.ndarray], frames: Sequence[int],
+                     shape: tuple[int, int], pixel_size_A: float,
+                     grid_A: float) -> Iterator[np.ndarray]:
+    """Rendered column-presence images of ``frames`` (one at a time)."""
+    h = int(math.ceil(shape[0] * pixel_size_A / grid_A))
+    w = int(math.ceil(shape[1] * pixel_size_A / grid_A))
+    sigma = DRIFT_SIGMA_A / grid_A
+    k = int(math.ceil(3 * sigma))
+    d = np.arange(-k, k + 1)
+    for t in frames:
+        r = rows[t]
+        image = np.zeros((h, w), np.float64)
+        if len(r):
+            cx = cols["x"][r].astype(np.float64) / grid_A
+            cy = cols["y"][r].astype(np.float64) / grid_A
+            weight = np.where(cols["species"][r] == "Ce", 1.0, DRIFT_O_WEIGHT)
+            bx, by = np.rint(cx).astype(int), np.rint(cy).astype(int)
+            px = bx[:, None] + d[None]  # (N, 2k+1)
+            py = by[:, None] + d[None]
+            gx = np.exp(-0.5 * ((px - cx[:, None]) / sigma) ** 2)
+            gy = np.exp(-0.5 * ((py - cy[:, None]) / sigma) ** 2)
+            values = weight[:, None, None] * gy[:, :, None] * gx[:, None, :]
+            yy = np.broadcast_to(py[:, :, None], values.shape)
+            xx = np.broadcast_to(px[:, None, :], values.shape)
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            np.add.at(image, (yy[ok], xx[ok]), values[ok])
+        yield image
+
+
+def series_drift(cols: dict[str, np.ndarray], rows: list[np.ndarray], valid: np.ndarray,
+                 shape: tuple[int, int], pixel_size_A: float) -> np.ndarray:
+    """Drift ``[dx, dy]`` [Å] of every frame relative to the first valid one (NaN if invalid).
+
+    See the module docstring (presence images rendered from the columns).
+    """
+    n = len(valid)
+    drift = np.full((n, 2), np.nan)
+    good = [t for t in range(n) if valid[t]]
+    if not good:
+        return drift
+    grid = max(float(pixel_size_A), DRIFT_GRID_A)
+    images = _presence_images(cols, rows, good, shape, pixel_size_A, grid)
+    drift[good] = cumulative_drift(images, grid, reference="previous")
+    return drift
+
+
+def _filled(drift: np.ndarray) -> np.ndarray:
+    """Drift with NaN rows replaced by the last known value (0 before the first)."""
+    out = np.array(drift, dtype=np.float64)
+    last = np.zeros(2)
+    for t in range(len(out)):
+        if np.all(np.isfinite(out[t])):
+            last = out[t]
+        else:
+            out[t] = last
+    return out
+
+
+def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> np.ndarray:
+    """``(N, k)`` stored depth probabilities (classes 1..k) of rows ``idx``, renormalised."""
+    p = np.stack([cols[f"p_depth_{j + 1}"][idx].astype(np.float64) for j in range(k)], axis=1)
+    p = p.reshape(len(idx), k)
+    total = p.sum(axis=1, keepdims=True)
+    return np.where(total > 0, p / np.maximum(total, 1e-300), 1.0 / k)
+
+
+def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: float,
+                smooth: bool) -> dict[str, Any]:
+    """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
+
+    Everything is computed from the rows stored in the (partial) results file, so that a
+    resumed run finishes into the same file as an uninterrupted one.
+
+    Returns
+    -------
+    dict
+        ``n_events``, ``n_tracks`` and ``smoothed`` (whether smoothing was applied).
+    """
+    cols = writer.read_columns()
+    frames = writer.read_frames()
+    n_frames = writer.n_frames
+    valid = frames["valid"].astype(bool)
+    rows = _split_by_frame(cols["frame"], n_frames)
+    drift = series_drift(cols, rows, valid, writer.shape, pixel_size_A)
+    link_drift = _filled(drift)
+    smooth = bool(smooth) and n_frames > 1
+
+    n_rows = len(cols["x"])
+    track = np.full(n_rows, -1, np.int64)
+    depth = cols["depth_frame"].astype(np.int64).copy()
+    confidence = cols["confidence_frame"].astype(np.float64).copy()
+    events: list[dict] = []
+    next_id = 0
+    for species in _SPECIES:
+        per_frame = [r[cols["species"][r] == species] for r in rows]
+        ids = link_tracks([(cols["x"][r], cols["y"][r]) for r in per_frame], link_drift,
+                          LINK_MAX_DIST_A[species], max_gap=LINK_MAX_GAP, first_id=next_id)
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        next_id = int(all_ids.max()) + 1 if all_ids.size else next_id
+        if smooth:
+            probs = [_depth_posteriors(cols, r, classes[species]) for r in per_frame]
+            d_list, c_list = smooth_track_depths(ids, probs, switch_prob=SWITCH_PROB,
+                                                 max_step=MAX_STEP, first_depth=1)
+        else:
+            d_list = [depth[r] for r in per_frame]
+            c_list = [confidence[r] for r in per_frame]
+        for r, t_ids, d, c in zip(per_frame, ids, d_list, c_list, strict=True):
+            track[r] = t_ids
+            depth[r] = d
+            confidence[r] = c
+        events += detect_events(ids, d_list, c_list, species=species,
+                                min_track_length=MIN_TRACK_LENGTH)
+    events.sort(key=lambda e: (e["frame"], e["track"]))
+
+    writer.set_tracks(track)
+    _update_columns(writer, {"depth": depth.astype(np.uint8),
+                             "confidence": confidence.astype(np.float32)})
+    n_ce = np.zeros(n_frames, np.int64)
+    n_o = np.zeros(n_frames, np.int64)
+    is_ce = cols["species"] == "Ce"
+    np.add.at(n_ce, cols["frame"][is_ce], depth[is_ce])
+    np.add.at(n_o, cols["frame"][~is_ce], depth[~is_ce])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(n_ce > 0, n_o / np.maximum(n_ce, 1), np.nan)
+    order = frames["frame"]  # rows of read_frames are sorted by frame: 0 .. T-1
+    writer.update_frames({
+        "drift_x": drift[order, 0].astype(np.float32),
+        "drift_y": drift[order, 1].astype(np.float32),
+        "n_ce": n_ce[order].astype(np.int32),
+        "n_o": n_o[order].astype(np.int32),
+        "o_ce_ratio": ratio[order].astype(np.float32),
+    })
+    writer.write_events(events)
+    return {"n_events": len(events), "n_tracks": next_id, "smoothed": smooth}
+
+
+def _update_columns(writer: ResultsWriter, values: dict[str, np.ndarray]) -> None:
+    """Overwrite ``/columns`` fields given in :meth:`ResultsWriter.read_columns` order.
+
+    ResultsWriter has a public setter for ``track`` only; until it offers one for other
+    fields (``update_columns``), its frame-ordered field setter is used.
+    """
+    update = getattr(writer, "update_columns", None)
+    if update is not None:
+        update(values)
+        return
+    for name, field in values.items():
+        writer._set_sorted_field("columns", name, field)  # noqa: SLF001 - see docstring
+
+
+# --------------------------------------------------------------------------- one series
+
+
+def source_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of an input: the file's bytes, or for a directory (zarr) of its files.
+
+    For a directory the digest covers every file's relative path and bytes, in sorted
+    order.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
+                   resume: bool = False, smooth: bool = True, progress: bool = True,
+                   source_hash: str | None = None) -> dict[str, Any]:
+    """Predict every frame of a series into a results file, then track and finalise it.
+
+    Parameters
+    ----------
+    series : atom3d.io.readers.Series
+        The input (``n_frames``, ``shape``, ``pixel_size_A`` [Å], ``frame_interval_s``
+        [s], ``frame(i)``, ``path``).
+    out : path
+        Results file to write (``OUT.h5``; ``OUT.h5.partial`` while running).
+    predictor : Predictor
+        The model and its tiling settings.
+    resume : bool
+        Continue an interrupted run from ``OUT.h5.partial`` (see the module docstring).
+    smooth : bool
+        HMM smoothing of track depths (only applied to series of more than one frame).
+    progress : bool
+        Show a progress bar over frames (on a terminal).
+    source_hash : str, optional
+        SHA-256 of the input if already known (computed otherwise).
+
+    Returns
+    -------
+    dict
+        Summary: ``out``, ``n_frames``, ``n_invalid``, ``n_columns``, ``n_events``, ...
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    source = str(getattr(series, "path", ""))
+    attrs = {
+        "source": source,
+        "source_sha256": source_hash or (source_sha256(source) if source else ""),
+        "model": predictor.artifact.name,
+        "model_sha256": predictor.artifact.weights_sha256,
+        "pixel_size_A": float(series.pixel_size_A),
+        "frame_interval_s": float(series.frame_interval_s),
+        "model_pixel_size_A": float(predictor.pixel_size_A),
+        "tile_px": int(predictor.tile),
+        "tile_overlap_px": int(predictor.overlap),
+        "tile_margin_px": int(predictor.margin),
+        "depth_smoothing": "hmm" if (smooth and series.n_frames > 1) else "none",
+    }
+    k_max = max(predictor.classes.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = int(series.n_frames)
+    with ResultsWriter(out, shape=tuple(series.shape), n_frames=n, attrs=attrs,
+                       resume=resume) as writer:
+        done = writer.done_frames
+        # Small frames are predicted in fixed blocks [k·B, (k+1)·B): a resumed run
+        # repredicts the done frames of a partly written block, so that every frame is
+        # always computed in the same batch as in an uninterrupted run.
+        chunk = predictor.batch_size if _fits_one_tile(predictor, series) else 1
+        n_invalid = 0
+        bar = tqdm(total=n, initial=len(done), unit="frame", desc=out.name,
+                   disable=None if progress else True, dynamic_ncols=True)
+        try:
+            for start in range(0, n, chunk):
+                indices = list(range(start, min(start + chunk, n)))
+                if all(i in done for i in indices):
+                    continue
+                frames = [series.frame(i) for i in indices]
+                for i, pred in zip(indices, predictor.predict_many(frames, series.pixel_size_A),
+                                   strict=True):
+                    if i in done:
+                        continue
+                    if not pred.valid:
+                        n_invalid += 1
+                        if n_invalid <= MAX_INVALID_MESSAGES:
+                            tqdm.write(f"{out.name}: frame {i} is invalid ({pred.reason}); "
+                                       "no columns predicted", file=sys.stderr)
+                    _write_prediction(writer, i, pred, k_max)
+                    bar.update(1)
+        finally:
+            bar.close()
+        stats = postprocess(writer, predictor.classes, float(series.pixel_size_A), smooth)
+        frames_table = writer.read_frames()
+        n_columns = len(writer.read_columns()["x"])
+        writer.finalize()
+    return {
+        "out": str(out),
+        "n_frames": n,
+        "n_invalid": int(np.sum(~frames_table["valid"].astype(bool))),
+        "n_columns": n_columns,
+        "resumed_frames": len(done),
+        **stats,
+    }
+
+
+def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
+    shape = predictor.model_grid_shape(tuple(series.shape), float(series.pixel_size_A))
+    return max(shape) <= predictor.tile
+
+
+def _complete_matches(out: Path, source_hash: str, model_sha: str) -> bool:
+    """Whether ``out`` is a complete results file for this input and model."""
+    try:
+        attrs = read_results(out, load_maps=False)["attrs"]
+    except UserError:
+        return False
+    return attrs.get("source_sha256") == source_hash and attrs.get("model_sha256") == model_sha
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+PREDICT_DESCRIPTION = (
+    "Predict the atomic columns of CeO2 in HRTEM images or series: for every frame, the "
+    "Ce and O columns (positions x, y in Å, pixel (r, c) at x = c·p, y = r·p), their depth "
+    "(atoms per column) and its calibrated probability, per-pixel depth and confidence "
+    "maps on the input pixel grid, and over time: drift [Å], column tracks, HMM-smoothed "
+    "depths and events (columns appearing, vanishing, changing depth). Inputs: dm3/dm4, "
+    "emd, ser/emi, mrc, tif (ImageJ calibration), hspy/h5, zarr, npy. Output: an HDF5 "
+    "results file (format atom3d.columns v1), written atomically."
+)
+
+
+def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``atom3d predict`` arguments to ``p`` (a parser or sub-parser)."""
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="image or series file(s) (or a zarr directory)")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="OUT.h5|OUTDIR",
+                   help="results file (*.h5) for one input; a directory for several inputs "
+                        "(one INPUT-stem.h5 each)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR",
+                   help=f"packaged model name or model directory (default {DEFAULT_MODEL})")
+    p.add_argument("--pixel-size", type=_positive_float, default=None, metavar="A",
+                   help="input pixel size [Å/px], overriding the file's calibration "
+                        "(required for files without one, e.g. .npy)")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda",
+                   help="where the network runs (default cpu; 'cuda' or 'cuda:N')")
+    p.add_argument("--half", action="store_true",
+                   help="half-precision (float16) network on CUDA")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+                   help="tiles (or whole small frames) per forward pass (default 8)")
+    p.add_argument("--tile", type=_positive_int, default=256, metavar="PX",
+                   help="tile side [px] on the model's pixel grid (default 256)")
+    p.add_argument("--overlap", type=_non_negative_int, default=64, metavar="PX",
+                   help="minimum overlap of neighbouring tiles [px] on the model grid "
+                        "(default 64)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.h5.partial (same input and "
+                        "model); a complete OUT.h5 for the same input and model is kept")
+    p.add_argument("--no-smooth", action="store_true",
+                   help="keep frame-by-frame column depths (no HMM smoothing along tracks)")
+    p.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                   help="also draw figures (PNG) into DIR")
+    p.add_argument("--xyz", type=Path, default=None, metavar="DIR",
+                   help="also write one extended-XYZ 3D model per frame into DIR "
+                        "(positions in Å)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser for ``atom3d predict``."""
+    return configure_predict_parser(argparse.ArgumentParser(
+        prog="atom3d predict", description=PREDICT_DESCRIPTION))
+
+
+def _outputs(inputs: Sequence[Path], out: Path) -> list[Path]:
+    """Results path of every input (refusing ambiguous or clashing outputs)."""
+    is_file = out.suffix.lower() in (".h5", ".hdf5")
+    if len(inputs) > 1:
+        if is_file:
+            raise UserError(f"-o {out}: several inputs need an output directory, not a file")
+        is_file = False
+    elif not is_file and out.suffix and not out.is_dir():
+        raise UserError(f"-o {out}: expected a results file ending in .h5 or a directory")
+    if out.is_dir() and is_file:
+        raise UserError(f"-o {out}: is a directory; name a file ending in .h5")
+    if is_file:
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: exists and is not a directory")
+    paths = [out / (_stem(p) + ".h5") for p in inputs]
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, paths, strict=True):
+        if dst in seen:
+            raise UserError(f"inputs {seen[dst]} and {src} would both write {dst}; "
+                            "predict them into separate directories")
+        seen[dst] = src
+    return paths
+
+
+def _stem(path: Path) -> str:
+    name = path.name.rstrip("/")
+    return name[: -len(path.suffix)] if path.suffix else name
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run ``atom3d predict`` for parsed arguments (see :func:`configure_predict_parser`).
+
+    Raises
+    ------
+    atom3d.errors.UserError
+        Bad options or input files, an unknown model, or a failed input (after the other
+        inputs were processed).
+    """
+    from atom3d.io.readers import open_series
+    from atom3d.models.artifact import load_artifact
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, Path(args.out))
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise UserError(f"input not found: {', '.join(missing)}")
+    artifact = load_artifact(args.model)
+    predictor = Predictor(artifact, device=args.device, batch_size=args.batch_size,
+                          tile=args.tile, overlap=args.overlap, half=args.half)
+    several = len(inputs) > 1
+    failures: list[str] = []
+    for src, dst in zip(inputs, outputs, strict=True):
+        try:
+            _predict_one(src, dst, predictor, args, open_series, several)
+        except UserError as error:
+            if not several:
+                raise
+            failures.append(f"{src}: {error}")
+            print(f"atom3d: skipped {src}: {error}", file=sys.stderr)
+    if failures:
+        raise UserError(f"{len(failures)} of {len(inputs)} inputs failed (first: {failures[0]})")
+    return 0
+
+
+def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Namespace,
+                 open_series: Any, several: bool) -> None:
+    with open_series(src, pixel_size_A=args.pixel_size) as series:
+        digest = source_sha256(src)
+        if (args.resume and dst.exists() and not partial_path(dst).exists()
+                and _complete_matches(dst, digest, predictor.artifact.weights_sha256)):
+            print(f"{dst}: already complete for this input and model (kept)")
+            summary = None
+        else:
+            _warn_pixel_size(series.pixel_size_A, predictor.pixel_size_A)
+            summary = predict_series(series, dst, predictor, resume=args.resume,
+                                     smooth=not args.no_smooth, progress=not args.quiet,
+                                     source_hash=digest)
+    if summary is not None:
+        print(f"{dst}: {summary['n_frames']} frames ({summary['n_invalid']} invalid), "
+              f"{summary['n_columns']} columns, {summary['n_tracks']} tracks, "
+              f"{summary['n_events']} events")
+    sub = _stem(src) if several else ""
+    if args.figures is not None:
+        from atom3d.inference.figures import plot_results
+
+        written = plot_results(dst, Path(args.figures) / sub)
+        print(f"figures: {len(written)} files in {Path(args.figures) / sub}")
+    if args.xyz is not None:
+        from atom3d.inference.export3d import export_xyz
+
+        written = export_xyz(dst, Path(args.xyz) / sub)
+        print(f"xyz: {len(written)} files in {Path(args.xyz) / sub}")
+
+
+def _warn_pixel_size(p_in: float, p_model: float) -> None:
+    ratio = p_in / p_model
+    if ratio > 2.5:
+        print(f"atom3d: warning: input pixels ({p_in:.4g} Å) are {ratio:.1f}x coarser than "
+              f"the model's ({p_model:.4g} Å): columns may be unresolved", file=sys.stderr)
+    elif ratio < 0.25:
+        print(f"atom3d: warning: input pixels ({p_in:.4g} Å) are {1 / ratio:.1f}x finer than "
+              f"the model's ({p_model:.4g} Å); check the calibration", file=sys.stderr)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """``atom3d predict`` entry point.
+
+    Returns 0 on success; raises :class:`atom3d.errors.UserError` on a user error (the CLI
+    prints it as one line and exits with 2). Bad options exit with 2 through argparse.
+    """
+    parser = build_predict_parser()
+    args = parser.parse_intermixed_args(None if argv is None else list(argv))
+    return run_predict(args)

@@ -1,0 +1,472 @@
+"""Tests of ``atom3d predict``: Predictor, streaming series pipeline, resume, 3D export, demo.
+
+Every test uses a tiny random-weight model artifact (UNet base_width=8, depth=2) saved into
+a temporary directory; the numbers it predicts are meaningless, the plumbing is not.
+"""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from atom3d.errors import UserError
+from atom3d.inference import series as series_mod
+from atom3d.inference.export3d import C_110_A, column_atoms, export_xyz, sublattice_phase
+from atom3d.inference.predictor import Predictor
+from atom3d.inference.series import (
+    area_and_radius,
+    count_surface_columns,
+    predict_main,
+    series_drift,
+)
+from atom3d.io.results import (
+    COLUMN_FIELDS,
+    EVENT_FIELDS,
+    FRAME_FIELDS,
+    MAP_NAMES,
+    partial_path,
+    read_results,
+    sha256_file,
+)
+from atom3d.models.artifact import load_artifact, save_artifact
+from atom3d.models.unet import UNet
+
+K = 4  # largest depth class of the tiny model
+PIXEL_A = 0.2  # input pixel size of the synthetic series [Å]
+SHAPE = (64, 80)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A random-weight artifact at 0.25 Å/px (inputs at 0.2 Å/px are resampled)."""
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(K + 1, K + 1))
+    directory = tmp_path_factory.mktemp("model") / "tiny"
+    save_artifact(net, directory, name="tiny-random", classes={"Ce": K, "O": K},
+                  pixel_size_A=0.25, normalization={"kind": "frame-standardise"},
+                  training_domain={}, metrics={"random_init": True})
+    return directory
+
+
+def _lattice_frame(rng, shift_A, shape=SHAPE, pixel=PIXEL_A, dose=500.0):
+    """Noisy image of Gaussian blobs on the projected [110] Ce lattice, shifted by shift_A."""
+    r, c = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    x, y = c * pixel, r * pixel
+    img = np.ones(shape)
+    for i in range(-4, 8):
+        for j in range(-6, 12):
+            if (i + j) % 2:
+                continue
+            cx, cy = 2.0 + 2.705 * i + shift_A[0], 1.5 + 1.913 * j + shift_A[1]
+            img += 1.5 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.35**2))
+    return rng.poisson(img * dose * pixel**2).astype(np.float32)
+
+
+def _write_tif(path, frames, pixel=PIXEL_A, interval_s=0.5):
+    tifffile.imwrite(path, np.asarray(frames, np.float32), imagej=True,
+                     resolution=(1 / (pixel / 10), 1 / (pixel / 10)),
+                     metadata={"axes": "TYX", "unit": "nm", "finterval": interval_s})
+    return path
+
+
+@pytest.fixture(scope="module")
+def series_tif(tmp_path_factory):
+    """5 frames, 64x80 px at 0.2 Å (ImageJ calibration), frame 2 all NaN."""
+    rng = np.random.default_rng(1)
+    frames = [_lattice_frame(rng, (0.1 * t, -0.07 * t)) for t in range(5)]
+    frames[2][:] = np.nan
+    return _write_tif(tmp_path_factory.mktemp("series") / "series.tif", frames)
+
+
+def _predict(tif, out, model_dir, *extra, inputs=()):
+    return predict_main([str(tif), *map(str, inputs), "-o", str(out), "--model",
+                         str(model_dir), "--quiet", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def reference_run(series_tif, model_dir, tmp_path_factory):
+    """An uninterrupted run (with figures and xyz files)."""
+    out_dir = tmp_path_factory.mktemp("ref")
+    out = out_dir / "ref.h5"
+    assert _predict(series_tif, out, model_dir, "--figures", out_dir / "fig",
+                    "--xyz", out_dir / "xyz") == 0
+    return out
+
+
+# --------------------------------------------------------------------------- results file
+
+
+def test_results_file_schema(reference_run, series_tif, model_dir):
+    r = read_results(reference_run)
+    attrs = r["attrs"]
+    assert attrs["format"] == "atom3d.columns" and attrs["format_version"] == 1
+    assert attrs["complete"] is True
+    assert attrs["source"] == str(series_tif)
+    assert attrs["source_sha256"] == sha256_file(series_tif)
+    artifact = load_artifact(model_dir)
+    assert attrs["model"] == "tiny-random"
+    assert attrs["model_sha256"] == artifact.weights_sha256
+    assert attrs["pixel_size_A"] == pytest.approx(PIXEL_A)
+    assert attrs["frame_interval_s"] == pytest.approx(0.5)
+    assert attrs["depth_smoothing"] == "hmm"
+    expected = {"ce_depth": np.uint8, "ce_confidence": np.float16,
+                "o_depth": np.uint8, "o_confidence": np.float16}
+    for name in MAP_NAMES:
+        assert r["maps"][name].dtype == expected[name]
+        assert r["maps"][name].shape == (5, *SHAPE)  # the input pixel grid
+    for table, fields in (("columns", COLUMN_FIELDS), ("frames", FRAME_FIELDS),
+                          ("events", EVENT_FIELDS)):
+        assert set(fields) <= set(r[table])
+    cols, frames = r["columns"], r["frames"]
+    assert {"n_surface_columns", "n_ce_columns", "n_o_columns"} <= set(frames)
+    assert {"p_column", "depth_frame", "confidence_frame", f"p_depth_{K}"} <= set(cols)
+    assert len(cols["x"]) > 0
+    assert np.all(cols["depth"] >= 1) and np.all(cols["depth"] <= K)
+    assert np.all((cols["confidence"] >= 0) & (cols["confidence"] <= 1))
+    assert np.all(np.diff(cols["frame"]) >= 0)
+    # every column is tracked; Ce and O track ids never collide
+    assert np.all(cols["track"] >= 0)
+    ce_ids = set(cols["track"][cols["species"] == "Ce"])
+    o_ids = set(cols["track"][cols["species"] == "O"])
+    assert not ce_ids & o_ids
+    # frame sums follow the (smoothed) column depths
+    for t in range(5):
+        sel = cols["frame"] == t
+        assert frames["n_ce"][t] == cols["depth"][sel & (cols["species"] == "Ce")].sum()
+        assert frames["n_o"][t] == cols["depth"][sel & (cols["species"] == "O")].sum()
+    valid = frames["valid"]
+    assert np.all(frames["radius_A"][valid] == pytest.approx(
+        np.sqrt(frames["area_A2"][valid] / np.pi), rel=1e-5))
+    assert frames["drift_x"][0] == 0 and frames["drift_y"][0] == 0
+    assert set(r["events"]["kind"]) <= {"depth_change", "appeared", "vanished"}
+    figures = reference_run.parent / "fig"
+    assert (figures / "summary.png").is_file() and (figures / "tracks.png").is_file()
+    assert len(list(figures.glob("frame_*.png"))) == 3
+
+
+def test_series_of_invalid_frames_still_finishes(model_dir, tmp_path):
+    tif = _write_tif(tmp_path / "blank.tif", np.zeros((3, *SHAPE), np.float32))
+    out = tmp_path / "blank.h5"
+    assert _predict(tif, out, model_dir, "--figures", tmp_path / "fig") == 0
+    r = read_results(out, load_maps=False)
+    assert not r["frames"]["valid"].any()
+    assert r["columns"]["x"].size == 0 and r["events"]["frame"].size == 0
+
+
+def test_nan_frame_invalid_and_skipped(reference_run):
+    r = read_results(reference_run)
+    frames, cols = r["frames"], r["columns"]
+    assert frames["valid"].tolist() == [True, True, False, True, True]
+    assert not np.any(cols["frame"] == 2)
+    assert np.all(r["maps"]["ce_depth"][2] == 0) and np.all(r["maps"]["o_depth"][2] == 0)
+    assert np.all(np.isnan(r["maps"]["ce_confidence"][2]))
+    assert math.isnan(frames["drift_x"][2]) and math.isnan(frames["o_ce_ratio"][2])
+    assert np.all(np.isfinite(frames["drift_x"][frames["valid"]]))
+
+
+def test_constant_frame_invalid_and_batching_consistent(model_dir):
+    predictor = Predictor(load_artifact(model_dir))
+    rng = np.random.default_rng(3)
+    frames = [_lattice_frame(rng, (0.3 * t, 0.0)) for t in range(3)]
+    frames.append(np.full(SHAPE, 7.0, np.float32))
+    batched = predictor.predict_many(frames, PIXEL_A)
+    assert [p.valid for p in batched] == [True, True, True, False]
+    assert "no signal" in batched[3].reason
+    for frame, together in zip(frames[:3], batched[:3], strict=True):
+        alone = predictor.predict(frame, PIXEL_A)
+        assert alone.ce_depth.shape == SHAPE
+        np.testing.assert_array_equal(alone.ce_depth, together.ce_depth)
+        np.testing.assert_allclose(alone.o_confidence, together.o_confidence, atol=1e-5)
+        np.testing.assert_allclose(alone.columns["Ce"].x_A, together.columns["Ce"].x_A,
+                                   atol=1e-4)
+    # maps: channels resampled to the input grid one by one, then argmax
+    from atom3d.data.transforms import resample
+    from atom3d.inference.columns import maps_from_probs
+
+    probs = predictor.probabilities(predictor.model_grid(frames[0], PIXEL_A))[: K + 1]
+    stack = np.stack([resample(p, 0.25, PIXEL_A, order=1, shape=SHAPE) for p in probs])
+    depth, confidence = maps_from_probs(stack)
+    np.testing.assert_array_equal(batched[0].ce_depth, depth)
+    np.testing.assert_allclose(batched[0].ce_confidence, confidence, atol=1e-5)
+
+
+def test_no_smooth_keeps_frame_depths(series_tif, model_dir, tmp_path):
+    out = tmp_path / "raw.h5"
+    _predict(series_tif, out, model_dir, "--no-smooth")
+    r = read_results(out, load_maps=False)
+    assert r["attrs"]["depth_smoothing"] == "none"
+    np.testing.assert_array_equal(r["columns"]["depth"], r["columns"]["depth_frame"])
+
+
+def test_several_inputs_write_one_file_each(series_tif, model_dir, tmp_path):
+    rng = np.random.default_rng(5)
+    single = _write_tif(tmp_path / "single.tif", [_lattice_frame(rng, (0, 0))])
+    out_dir = tmp_path / "outdir"
+    assert _predict(series_tif, out_dir, model_dir, inputs=[single]) == 0
+    assert read_results(out_dir / "series.h5", load_maps=False)["frames"]["frame"].size == 5
+    one = read_results(out_dir / "single.h5", load_maps=False)
+    assert one["frames"]["frame"].size == 1
+    assert one["attrs"]["depth_smoothing"] == "none"  # a single frame is not smoothed
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, reference_run,
+                                                  tmp_path, monkeypatch):
+    out = tmp_path / "run.h5"
+    original = series_mod._write_prediction
+    calls = []
+
+    def crash_after_two(writer, i, pred, k_max):
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        calls.append(i)
+        original(writer, i, pred, k_max)
+
+    monkeypatch.setattr(series_mod, "_write_prediction", crash_after_two)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _predict(series_tif, out, model_dir)
+    assert not out.exists()
+    assert partial_path(out).exists()
+    monkeypatch.setattr(series_mod, "_write_prediction", original)
+
+    resumed = []
+    monkeypatch.setattr(series_mod, "_write_prediction",
+                        lambda w, i, p, k: (resumed.append(i), original(w, i, p, k)))
+    assert _predict(series_tif, out, model_dir, "--resume") == 0
+    assert resumed == [2, 3, 4]  # the two committed frames were not predicted again
+    assert out.exists() and not partial_path(out).exists()
+
+    a, b = read_results(reference_run), read_results(out)
+    skip = {"created"}
+    assert {k: v for k, v in a["attrs"].items() if k not in skip} == {
+        k: v for k, v in b["attrs"].items() if k not in skip}
+    for name in MAP_NAMES:
+        np.testing.assert_array_equal(a["maps"][name], b["maps"][name])
+    for table in ("columns", "frames", "events"):
+        assert list(a[table]) == list(b[table])
+        for field in a[table]:
+            np.testing.assert_array_equal(a[table][field], b[table][field], err_msg=field)
+
+    # resuming a finished file keeps it
+    before = out.stat().st_mtime_ns
+    assert _predict(series_tif, out, model_dir, "--resume") == 0
+    assert out.stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def test_tiled_prediction_has_no_seams(model_dir):
+    predictor = Predictor(load_artifact(model_dir), tile=128, overlap=60, batch_size=4)
+    radius = (predictor.model.receptive_field_px - 1) // 2
+    assert predictor.exact_tiling and predictor.margin == radius
+    rng = np.random.default_rng(7)
+    from scipy import ndimage
+
+    image = ndimage.gaussian_filter(rng.normal(size=(300, 260)), 1.5).astype(np.float32)
+    image = (image - image.mean()) / image.std()
+    full = predictor.probabilities(image)  # 3 x 3 tiles
+    assert full.shape == (2 * (K + 1), 300, 260)
+    np.testing.assert_allclose(full.reshape(2, K + 1, 300, 260).sum(axis=1), 1.0, atol=1e-5)
+    y0, y1, x0, x1 = 50, 250, 40, 200
+    crop = predictor.probabilities(image[y0:y1, x0:x1])
+    r = radius
+    np.testing.assert_allclose(full[:, y0 + r:y1 - r, x0 + r:x1 - r], crop[:, r:-r, r:-r],
+                               atol=1e-4)
+    whole = Predictor(load_artifact(model_dir), tile=320).probabilities(image)  # one tile
+    np.testing.assert_allclose(full[:, r:-r, r:-r], whole[:, r:-r, r:-r], atol=1e-4)
+
+
+def test_default_architecture_uses_fixed_margin():
+    net = UNet(base_width=4, depth=4, n_classes=(3, 3))
+    from atom3d.models.artifact import ModelArtifact
+
+    artifact = ModelArtifact(net.eval(), {"name": "x", "classes": {"Ce": 2, "O": 2},
+                                          "pixel_size_A": 0.2,
+                                          "temperature": {"Ce": 1.0, "O": 1.0}}, None)
+    predictor = Predictor(artifact)
+    assert not predictor.exact_tiling and predictor.margin == 64 // 4
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def _exit_code(argv):
+    """Exit code of ``atom3d predict ARGV`` (through the CLI once it is wired)."""
+    from atom3d import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    if "predict" in commands:
+        return cli.main(["predict", *argv])
+    try:
+        return predict_main(argv)
+    except UserError:
+        return 2
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_bad_inputs_exit_2(tmp_path, model_dir, series_tif, capsys):
+    junk = tmp_path / "junk.tif"
+    junk.write_text("not a tiff")
+    out = str(tmp_path / "o.h5")
+    model = ["--model", str(model_dir)]
+    assert _exit_code([str(tmp_path / "missing.tif"), "-o", out, *model]) == 2
+    assert _exit_code([str(junk), "-o", out, *model]) == 2
+    assert _exit_code([str(series_tif), "-o", out, "--model", "no-such-model"]) == 2
+    assert _exit_code([str(series_tif), "-o", out, *model, "--batch-size", "0"]) == 2
+    assert _exit_code([str(series_tif), "-o", out, *model, "--device", "tpu"]) == 2
+    assert _exit_code([str(series_tif), str(series_tif), "-o", out, *model]) == 2
+    np.save(tmp_path / "raw.npy", np.zeros((2, 16, 16), np.float32))  # no calibration
+    assert _exit_code([str(tmp_path / "raw.npy"), "-o", out, *model]) == 2
+    assert not (tmp_path / "o.h5").exists()
+    with pytest.raises(UserError, match="unknown model"):
+        predict_main([str(series_tif), "-o", out, "--model", "no-such-model"])
+
+
+def test_predict_imports_neither_abtem_nor_lightning():
+    code = ("import sys, atom3d.inference.series, atom3d.inference.export3d, "
+            "atom3d.inference.figures; "
+            "bad = [m for m in ('abtem', 'lightning', 'ase') if m in sys.modules]; "
+            "sys.exit(repr(bad) if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- geometry, drift
+
+
+def test_area_radius_and_surface_columns():
+    r = 5.411 / (2 * math.sqrt(2))
+    area, radius = area_and_radius([10.0], [10.0])
+    assert area == pytest.approx(math.pi * r**2, rel=0.02)
+    assert radius == pytest.approx(r, rel=0.01)
+    assert area_and_radius([0.0, 50.0], [0.0, 0.0])[0] == pytest.approx(2 * area, rel=1e-3)
+    assert area_and_radius([], []) == (0.0, 0.0)
+    # a 9 x 9 block of the projected [110] Ce lattice: only the rim is surface
+    i, j = np.meshgrid(np.arange(9), np.arange(9), indexing="ij")
+    keep = (i + j) % 2 == 0
+    x, y = 2.705 * i[keep], 1.913 * j[keep]
+    interior = keep & (i > 0) & (i < 8) & (j > 1) & (j < 7)
+    assert count_surface_columns(x, y) == keep.sum() - interior.sum()
+
+
+def test_drift_from_rendered_columns():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(2, 18, (60, 2))
+    true = np.array([[0, 0], [0.13, -0.05], [0.3, 0.02], [0.0, 0.0], [0.52, -0.21]])
+    valid = np.array([True, True, True, False, True])
+    xs, ys, sp, fr = [], [], [], []
+    for t in range(5):
+        if not valid[t]:
+            continue
+        xs.append(base[:, 0] + true[t, 0])
+        ys.append(base[:, 1] + true[t, 1])
+        sp.append(np.where(np.arange(60) % 3, "Ce", "O"))
+        fr.append(np.full(60, t))
+    cols = {"x": np.concatenate(xs), "y": np.concatenate(ys), "species": np.concatenate(sp),
+            "frame": np.concatenate(fr)}
+    rows = series_mod._split_by_frame(cols["frame"], 5)
+    drift = series_drift(cols, rows, valid, (100, 100), 0.2)
+    assert np.all(np.isnan(drift[3]))
+    np.testing.assert_allclose(drift[valid], true[valid], atol=0.03)
+
+
+# --------------------------------------------------------------------------- 3D export
+
+
+def test_extxyz_files_are_read_by_ase(reference_run):
+    ase_io = pytest.importorskip("ase.io")
+    r = read_results(reference_run, load_maps=False)
+    xyz_dir = reference_run.parent / "xyz"
+    files = sorted(xyz_dir.glob("frame_*.xyz"))
+    assert len(files) == 5
+    cols = r["columns"]
+    for t in (0, 2):
+        atoms = ase_io.read(xyz_dir / f"frame_{t:05d}.xyz", format="extxyz")
+        sel = cols["frame"] == t
+        assert len(atoms) == int(cols["depth"][sel].sum())
+        assert atoms.info["frame"] == t
+        n_ce = int(cols["depth"][sel & (cols["species"] == "Ce")].sum())
+        assert atoms.get_chemical_symbols().count("Ce") == n_ce
+        if len(atoms):
+            assert np.all(np.abs(atoms.positions[:, 2]) <= (K / 2 + 0.5) * C_110_A)
+            assert set(atoms.arrays["track"]) <= set(cols["track"][sel])
+    # all frames, bottom aligned, without interleaving: z = 0, c, 2c, ...
+    out = export_xyz(reference_run, reference_run.parent / "xyz_bottom", frames=[0],
+                     align="bottom", interleave=False)
+    atoms = ase_io.read(out[0], format="extxyz")
+    z = atoms.positions[:, 2] / C_110_A
+    np.testing.assert_allclose(z, np.round(z), atol=1e-4)
+    assert z.min() == pytest.approx(0.0)
+
+
+def test_column_atoms_centred_and_interleaved():
+    pos, column = column_atoms([0.0, 3.0], [0.0, 0.0], [3, 2], phase=None)
+    assert column.tolist() == [0, 0, 0, 1, 1]
+    np.testing.assert_allclose(pos[:3, 2], [-C_110_A, 0.0, C_110_A])
+    np.testing.assert_allclose(pos[3:, 2], [-C_110_A / 2, C_110_A / 2])
+    pos, _ = column_atoms([0.0, 3.0], [0.0, 0.0], [1, 1], phase=[0, 1])
+    assert pos[1, 2] - pos[0, 2] == pytest.approx(C_110_A / 2)
+
+
+def test_sublattice_phase_matches_the_crystal():
+    from atom3d.structures.ceria import lattice_sites, repeat_along_beam
+
+    sites = lattice_sites((1, 1, 0), (9.0, 9.0, 6.0))
+    c = repeat_along_beam((1, 1, 0))
+    true_phase = np.zeros(len(sites.column_xy), np.int8)
+    for col in range(len(sites.column_xy)):
+        z = sites.xyz[sites.column == col, 2]
+        true_phase[col] = int(round((z[0] % c) / c * 2)) % 2
+    ce = sites.column_species == 0
+    ce_phase, o_phase = sublattice_phase(sites.column_xy[ce], sites.column_xy[~ce])
+    flip = ce_phase[0] != true_phase[ce][0]  # the global phase is arbitrary
+    np.testing.assert_array_equal(ce_phase ^ flip, true_phase[ce])
+    np.testing.assert_array_equal(o_phase ^ flip, true_phase[~ce])
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, model_dir, capsys):
+    pytest.importorskip("abtem")
+    from atom3d.demo import demo_main
+    from atom3d.io.readers import open_series
+
+    out = tmp_path / "demo_out"
+    assert demo_main(["--out", str(out), "--frames", "3", "--size", "96",
+                      "--diameter-nm", "1.5", "--model", str(model_dir), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "F1" in text and "within ±1" in text
+    for name in ("demo_series.tif", "truth_columns.csv", "demo.h5", "metrics.json",
+                 "figures/summary.png", "figures/tracks.png", "xyz/frame_00002.xyz"):
+        assert (out / name).exists(), name
+    with open_series(out / "demo_series.tif") as s:
+        assert s.n_frames == 3 and s.shape == (96, 96)
+        assert s.pixel_size_A == pytest.approx(0.2, rel=1e-6)
+        assert s.frame_interval_s == pytest.approx(1.0)
+    r = read_results(out / "demo.h5", load_maps=False)
+    assert r["frames"]["frame"].tolist() == [0, 1, 2]
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"Ce", "O", "n_ce_true", "n_ce_pred"} <= set(metrics)
+    assert metrics["n_ce_true"][0] > metrics["n_ce_true"][-1]  # the particle loses Ce
+
+
+def test_demo_refuses_missing_default_model(tmp_path):
+    from atom3d.demo import demo_main
+
+    with pytest.raises(UserError, match="trained model"):
+        demo_main(["--out", str(tmp_path / "d"), "--model", "no-such-model"])
