@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from atom3d import __version__
+from atom3d.argtypes import non_negative_int as _seed
+from atom3d.argtypes import positive_int as _positive_int
 from atom3d.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -21,26 +23,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_USER_ERROR, f"atom3d: error: {message} (see '{self.prog} --help')\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
 
 
 def _add_simulate(sub) -> None:

@@ -64,6 +64,9 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from atom3d.argtypes import non_negative_int as _non_negative_int
+from atom3d.argtypes import positive_float as _positive_float
+from atom3d.argtypes import positive_int as _positive_int
 from atom3d.errors import UserError
 from atom3d.inference.predictor import FramePrediction, Predictor
 from atom3d.inference.tracking import (
@@ -501,36 +504,6 @@ def _complete_matches(out: Path, source_hash: str, model_sha: str) -> bool:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 PREDICT_DESCRIPTION = (
