@@ -66,11 +66,14 @@ def _cmd_simulate(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="what a dataset (zarr) holds; --plot draws samples",
-                       description="Summarise an atom3d dataset; --plot draws a grid of "
-                                   "samples with their depth labels overlaid.")
-    p.add_argument("path", type=Path, help="a dataset (*.zarr)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG file to draw samples into")
+    p = sub.add_parser("info", help="what a dataset, results file or model holds; --plot draws it",
+                       description="Summarise an atom3d dataset (*.zarr), results file (*.h5) "
+                                   "or model directory (config.json + model.safetensors). "
+                                   "--plot draws dataset samples with their depth labels, or "
+                                   "the figures of a results file.")
+    p.add_argument("path", type=Path, help="a dataset, a results file or a model directory")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="dataset: PNG file to draw samples into; results: folder for figures")
     p.add_argument("--samples", type=_positive_int, default=8, help="samples to draw (default 8)")
     p.set_defaults(func=_cmd_info)
 
@@ -78,14 +81,39 @@ def _add_info(sub) -> None:
 def _cmd_info(args) -> int:
     import json
 
+    path = args.path
+    if not path.exists():
+        raise UserError(f"not found: {path}")
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "zarr.json").exists():
+        from atom3d.models.artifact import load_artifact
+
+        cfg = load_artifact(path).config
+        print(json.dumps({k: v for k, v in cfg.items() if k != "architecture"}, indent=1))
+        return 0
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        from atom3d.io.results import read_results
+
+        res = read_results(path, load_maps=False)
+        frames = res["frames"]
+        summary = {"attrs": {k: (v if isinstance(v, str | int | bool) else float(v))
+                             for k, v in res["attrs"].items()},
+                   "frames": int(len(frames.get("frame", []))),
+                   "valid_frames": int(sum(frames.get("valid", []))),
+                   "columns": int(len(res["columns"].get("frame", []))),
+                   "events": int(len(res["events"].get("frame", [])))}
+        print(json.dumps(summary, indent=1, default=str))
+        if args.plot:
+            from atom3d.inference.figures import plot_results
+
+            written = plot_results(path, args.plot)
+            print(f"wrote {len(written)} figures into {args.plot}")
+        return 0
     from atom3d.data.info import dataset_summary, plot_dataset
 
-    if not args.path.exists():
-        raise UserError(f"not found: {args.path}")
-    summary = dataset_summary(args.path)
+    summary = dataset_summary(path)
     print(json.dumps(summary, indent=1))
     if args.plot:
-        plot_dataset(args.path, args.plot, n=args.samples)
+        plot_dataset(path, args.plot, n=args.samples)
         print(f"wrote {args.plot}")
     return 0
 
