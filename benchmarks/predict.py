@@ -14,7 +14,10 @@ temporary directory, then measures
     frame, in the same batches, in this process;
 ``overhead``
     ``1 - frames_per_second / forward_frames_per_second``: the share of time spent
-    outside the network;
+    outside the network; ``overhead_in_run`` is the same share measured inside the
+    end-to-end run (time in the network's forward passes, including the softmax, over the
+    run's time), which is immune to the load on shared machines changing between the two
+    measurements;
 ``rss_mb_100``, ``rss_mb_1000``
     peak resident memory [MB] of a subprocess predicting 100 and 1000 frames (its own
     ``VmHWM``); ``rss_frame_loop_mb_*`` is the peak before post-processing (tracking,
@@ -189,6 +192,17 @@ def child(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     predictor = Predictor(load_artifact(args.model), device=args.device,
                           batch_size=args.batch_size)
+    network = {"seconds": 0.0}
+    forward = predictor._forward
+
+    def timed_forward(batch):  # network time inside this very run (same load)
+        start = time.perf_counter()
+        try:
+            return forward(batch)
+        finally:
+            network["seconds"] += time.perf_counter() - start
+
+    predictor._forward = timed_forward
     override = args.pixel if args.series.suffix == ".npy" else None  # TIFF: calibrated
     with open_series(args.series, pixel_size_A=override) as series:
         if abs(series.pixel_size_A - args.pixel) > 1e-6 * args.pixel:
@@ -198,6 +212,7 @@ def child(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     print(json.dumps({"frames": summary["n_frames"], "seconds": t2 - t1,
                       "startup_s": t1 - t0, "n_columns": summary["n_columns"],
+                      "network_s": network["seconds"],
                       "maxrss_mb": _memory_mb().get("VmHWM"),
                       "loop_maxrss_mb": peaks.get("VmHWM"),
                       "loop_end_anon_mb": peaks.get("RssAnon"),
@@ -329,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames_per_second": round(fps, 4),
         "forward_frames_per_second": round(fwd, 4),
         "overhead": round(1.0 - fps / fwd, 4),
+        "overhead_in_run": round(1.0 - e2e["network_s"] / e2e["seconds"], 4),
         "end_to_end_seconds": round(e2e["seconds"], 2),
         "startup_seconds": round(e2e["startup_s"], 2),
         "throughput_run_maxrss_mb": round(e2e["maxrss_mb"], 1),

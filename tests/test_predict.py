@@ -131,6 +131,9 @@ def test_results_file_schema(reference_run, series_tif, model_dir):
     assert np.all(cols["depth"] >= 1) and np.all(cols["depth"] <= K)
     assert np.all((cols["confidence"] >= 0) & (cols["confidence"] <= 1))
     assert np.all(np.diff(cols["frame"]) >= 0)
+    # columns within 1 Å of the frame border are dropped (edge_margin_A)
+    assert cols["x"].min() >= 1.0 and cols["x"].max() <= (SHAPE[1] - 1) * PIXEL_A - 1.0
+    assert cols["y"].min() >= 1.0 and cols["y"].max() <= (SHAPE[0] - 1) * PIXEL_A - 1.0
     # every column is tracked; Ce and O track ids never collide
     assert np.all(cols["track"] >= 0)
     ce_ids = set(cols["track"][cols["species"] == "Ce"])

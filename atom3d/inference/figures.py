@@ -8,7 +8,8 @@
     colour bar per species. Right: the confidence map (probability of the predicted Ce
     depth on Ce column pixels, of the O depth on O pixels elsewhere).
 ``tracks.png``
-    Depth versus time of the tracks whose depth changed (the most eventful first).
+    Depth versus time of the tracks with events: depth changes first, then columns that
+    appeared or vanished (drawn from or to depth 0); Ce before O; at most 12 tracks.
 ``summary.png``
     n_ce and n_o [atoms], the O/Ce ratio and the equivalent radius [Å] versus time
     (seconds when the frame interval is known, else frame number).
@@ -170,27 +171,48 @@ def _time_axis(table: dict[str, np.ndarray], attrs: dict[str, Any]) -> tuple[np.
 
 def _plot_tracks(path: Path, cols: dict[str, np.ndarray], events: dict[str, np.ndarray],
                  table: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+    """Depth versus time of the tracks with events, Ce first, most events first.
+
+    A column that appears (vanishes) is drawn from (to) depth 0 at the frame of the event.
+    """
     fig = _canvas(8, 4.5)
     ax = fig.subplots()
     time, label = _time_axis(table, attrs)
-    changes = events["kind"] == "depth_change"
-    tracks, counts = np.unique(events["track"][changes], return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:MAX_TRACKS]
-    for tr in tracks[order]:
+    tracks, counts = np.unique(events["track"], return_counts=True)
+    species_of = {int(t): sp for t, sp in zip(events["track"], events["species"], strict=True)}
+    changes = {int(t): int(n) for t, n in zip(*np.unique(
+        events["track"][events["kind"] == "depth_change"], return_counts=True), strict=True)}
+    order = sorted(range(tracks.size), key=lambda i: (species_of[int(tracks[i])] != "Ce",
+                                                      -changes.get(int(tracks[i]), 0),
+                                                      -counts[i], int(tracks[i])))
+    shown = [int(tracks[i]) for i in order[:MAX_TRACKS]]
+    n_frames = len(time)
+    for tr in shown:
         sel = np.flatnonzero(cols["track"] == tr)
         if not sel.size:
             continue
-        species = cols["species"][sel[0]]
-        ax.step(time[cols["frame"][sel]], cols["depth"][sel], where="post",
-                ls="-" if species == "Ce" else "--", label=f"{species} track {tr}")
-    if tracks.size:
+        frames = cols["frame"][sel].astype(int).tolist()
+        depth = cols["depth"][sel].astype(float).tolist()
+        mine = events["track"] == tr
+        for kind, frame in zip(events["kind"][mine], events["frame"][mine], strict=True):
+            if kind == "appeared" and frame > 0:
+                frames.insert(0, int(frame) - 1)
+                depth.insert(0, 0.0)
+            elif kind == "vanished" and frame < n_frames:
+                frames.append(int(frame))
+                depth.append(0.0)
+        species = species_of[tr]
+        ax.step(time[frames], depth, where="post", ls="-" if species == "Ce" else "--",
+                marker="o", ms=2, label=f"{species} track {tr}")
+    if shown:
         ax.legend(fontsize=7, ncol=2)
-        ax.set_title(f"depth of the {min(tracks.size, MAX_TRACKS)} tracks that changed most "
-                     f"(of {tracks.size})")
+        n_change = sum(1 for t in tracks if changes.get(int(t)))
+        ax.set_title(f"{len(shown)} of {tracks.size} tracks with events "
+                     f"({n_change} changed depth; others appeared or vanished)")
     else:
-        ax.text(0.5, 0.5, "no track changed depth", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_title("depth of tracks that changed")
+        ax.text(0.5, 0.5, "no events (no column changed, appeared or vanished)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("tracks with events")
     ax.set_xlabel(label)
     ax.set_ylabel("depth [atoms]")
     return _save(fig, path)

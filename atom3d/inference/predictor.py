@@ -24,7 +24,10 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
 3. **Columns** per species with :func:`atom3d.inference.columns.find_columns` on the
    model-grid probabilities (minimum separation 2.6 Å for Ce and 1.6 Å for O; CeO2 [110]
    has projected nearest Ce–Ce and O–O distances of 3.31 and 1.91 Å). Positions are in Å,
-   which is the same physical frame on the input grid.
+   which is the same physical frame on the input grid. Columns whose centre lies within
+   ``edge_margin_A`` (default 1.0 Å, as in ``atom3d evaluate``) of the frame border are
+   dropped: half of such a column is outside the field of view and the network sees
+   reflected padding there, so border detections are mostly spurious.
 4. **Maps on the input grid**: every class-probability channel is resampled back to the
    input pixel grid *bilinearly* (``order=1``; a convex combination, so the channels still
    sum to one) and *then* the per-pixel argmax and its probability are taken
@@ -135,6 +138,9 @@ class Predictor:
         Minimum overlap of neighbouring tiles [px] on the model grid.
     half : bool
         Half precision (float16) weights and inputs; CUDA only.
+    edge_margin_A : float
+        Columns whose centre is closer than this to the frame border are dropped [Å]
+        (the maps are kept whole).
 
     Attributes
     ----------
@@ -145,8 +151,12 @@ class Predictor:
     """
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 8,
-                 tile: int = 256, overlap: int = 64, half: bool = False) -> None:
+                 tile: int = 256, overlap: int = 64, half: bool = False,
+                 edge_margin_A: float = 1.0) -> None:
         self.artifact = artifact
+        if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
+            raise ValueError(f"edge_margin_A must be >= 0, got {edge_margin_A}")
+        self.edge_margin_A = float(edge_margin_A)
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise UserError("--half needs a CUDA device (--device cuda)")
@@ -299,13 +309,29 @@ class Predictor:
         k_ce = self.n_classes[0]
         per_species = {"Ce": probs[:k_ce], "O": probs[k_ce:]}
         columns = {
-            s: find_columns(p, self.pixel_size_A, MIN_SEPARATION_A[s])
+            s: self._inside(find_columns(p, self.pixel_size_A, MIN_SEPARATION_A[s]), shape,
+                            pixel_size_A)
             for s, p in per_species.items()
         }
         maps = {s: self._maps_on_input_grid(p, shape, pixel_size_A)
                 for s, p in per_species.items()}
         return FramePrediction(True, "", columns, maps["Ce"][0], maps["Ce"][1],
                                maps["O"][0], maps["O"][1])
+
+    def _inside(self, table: ColumnTable, shape: tuple[int, int],
+                pixel_size_A: float) -> ColumnTable:
+        """The columns of ``table`` at least :attr:`edge_margin_A` inside the frame."""
+        if self.edge_margin_A == 0 or len(table) == 0:
+            return table
+        m = self.edge_margin_A
+        x_max = (shape[1] - 1) * pixel_size_A - m
+        y_max = (shape[0] - 1) * pixel_size_A - m
+        keep = ((table.x_A >= m) & (table.x_A <= x_max) & (table.y_A >= m)
+                & (table.y_A <= y_max))
+        if keep.all():
+            return table
+        return ColumnTable(table.x_A[keep], table.y_A[keep], table.depth[keep],
+                           table.confidence[keep], table.p_column[keep], table.probs[keep])
 
     def _maps_on_input_grid(self, probs: np.ndarray, shape: tuple[int, int],
                             pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
