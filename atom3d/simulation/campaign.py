@@ -30,6 +30,7 @@ from atom3d.simulation.labels import (
     LabelConfig,
     class_mass,
     column_targets,
+    dequantise_amplitude,
     quantise_amplitude,
     weight_map,
 )
@@ -131,7 +132,7 @@ def simulate_structure(store_path: str, s: int) -> float:
         cls[sp], amp[sp] = column_targets(st.column_xy[sel], st.column_depth[sel], shape,
                                           pixel, lab.sigma_A)
     amp_q = quantise_amplitude(amp)
-    amp = amp_q.astype(np.float32) / 255.0
+    amp = dequantise_amplitude(amp_q)  # the targets training will see
     weights = np.stack([weight_map(a, lab.core_weight, lab.rim_weight) for a in amp])
     mass = np.stack([class_mass(cls[sp], amp[sp], lab.max_depth + 1) for sp in (0, 1)])
     # Images.

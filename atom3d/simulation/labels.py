@@ -7,7 +7,8 @@ moving away it blends into background with a Gaussian of width ``sigma_A``:
     target = a · onehot(k) + (1 − a) · onehot(0),   a(r) = exp(−r² / 2σ²)
 
 where k is the depth of the column whose Gaussian is largest at that pixel. The pair
-(class map k, amplitude map a) stores the whole target compactly (two uint8 arrays; a is
+(class map k, amplitude map a) stores the whole target compactly (the soft targets
+themselves are built on the batch by :func:`atom3d.training.losses.soft_targets`) (two uint8 arrays; a is
 quantised to 1/255). Pixels with a < 1/255 are background.
 
 The spatial weight map up-weights column cores and their rims, where the boundary between
@@ -105,15 +106,6 @@ def dequantise_amplitude(q: np.ndarray) -> np.ndarray:
 def weight_map(amp: np.ndarray, core_weight: float, rim_weight: float) -> np.ndarray:
     """Spatial loss weights from an amplitude map (see module docstring)."""
     return (1.0 + core_weight * amp + rim_weight * 4.0 * amp * (1.0 - amp)).astype(np.float32)
-
-
-def soft_targets(cls: np.ndarray, amp: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n_classes, H, W) soft target probabilities from a class and an amplitude map."""
-    out = np.zeros((n_classes,) + cls.shape, np.float32)
-    rows, cols = np.indices(cls.shape)
-    out[0] = 1.0 - amp
-    np.add.at(out, (cls.astype(np.int64), rows, cols), amp)
-    return out
 
 
 def class_mass(cls: np.ndarray, amp: np.ndarray, n_classes: int) -> np.ndarray:
