@@ -28,6 +28,7 @@ from atom3d.io.results import (
     EVENT_FIELDS,
     FRAME_FIELDS,
     MAP_NAMES,
+    ResultsWriter,
     partial_path,
     read_results,
     sha256_file,
@@ -378,8 +379,12 @@ def test_drift_from_rendered_columns():
         fr.append(np.full(60, t))
     cols = {"x": np.concatenate(xs), "y": np.concatenate(ys), "species": np.concatenate(sp),
             "frame": np.concatenate(fr)}
-    rows = series_mod._split_by_frame(cols["frame"], 5)
-    drift = series_drift(cols, rows, valid, (100, 100), 0.2)
+
+    def columns_of(t):
+        sel = cols["frame"] == t
+        return {k: v[sel] for k, v in cols.items()}
+
+    drift = series_drift(columns_of, valid, (100, 100), 0.2)
     assert np.all(np.isnan(drift[3]))
     np.testing.assert_allclose(drift[valid], true[valid], atol=0.03)
 
@@ -473,3 +478,92 @@ def test_demo_refuses_missing_default_model(tmp_path):
 
     with pytest.raises(UserError, match="trained model"):
         demo_main(["--out", str(tmp_path / "d"), "--model", "no-such-model"])
+
+
+# --------------------------------------------------------------------------- streaming post-processing
+
+
+def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape):
+    """Post-processing of DESIGN's first version: the whole column table in memory."""
+    from atom3d.inference.tracking import detect_events, link_tracks, smooth_track_depths
+
+    valid = frames["valid"].astype(bool)
+    rows = [np.flatnonzero(cols["frame"] == t) for t in range(n_frames)]
+
+    def columns_of(t):
+        return {k: cols[k][rows[t]] for k in ("x", "y", "species")}
+
+    drift = series_drift(columns_of, valid, shape, pixel_size_A)
+    link_drift = series_mod._filled(drift)
+    track = np.full(len(cols["x"]), -1, np.int64)
+    depth = cols["depth_frame"].astype(np.int64).copy()
+    events, next_id = [], 0
+    for species in ("Ce", "O"):
+        per_frame = [r[cols["species"][r] == species] for r in rows]
+        ids = link_tracks([(cols["x"][r], cols["y"][r]) for r in per_frame], link_drift,
+                          series_mod.LINK_MAX_DIST_A[species], max_gap=series_mod.LINK_MAX_GAP,
+                          first_id=next_id)
+        all_ids = np.concatenate(ids)
+        next_id = int(all_ids.max()) + 1 if all_ids.size else next_id
+        probs = [series_mod._depth_posteriors(cols, r, classes[species]) for r in per_frame]
+        d_list, c_list = smooth_track_depths(ids, probs, switch_prob=series_mod.SWITCH_PROB,
+                                             max_step=series_mod.MAX_STEP, first_depth=1)
+        for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
+            track[r] = t_ids
+            depth[r] = d
+        events += detect_events(ids, d_list, c_list, species=species,
+                                min_track_length=series_mod.MIN_TRACK_LENGTH)
+    events.sort(key=lambda e: (e["frame"], e["track"]))
+    return drift, track, depth, events
+
+
+def test_streaming_postprocess_equals_whole_series(tmp_path):
+    """The frame-by-frame post-processing gives what the whole-table version gives."""
+    rng = np.random.default_rng(5)
+    n_frames, k, shape, p = 14, 6, (80, 80), 0.2
+    base_ce = rng.uniform(1, 15, (40, 2))
+    base_o = rng.uniform(1, 15, (50, 2))
+    truth_ce = rng.integers(1, k + 1, 40)
+    attrs = {"source": "x", "source_sha256": "a" * 64, "model": "m",
+             "model_sha256": "b" * 64, "pixel_size_A": p}
+    zeros = np.zeros(shape)
+    with ResultsWriter(tmp_path / "s.h5", shape=shape, n_frames=n_frames, attrs=attrs) as w:
+        for t in range(n_frames):
+            shift = 0.05 * t
+            keep_ce = rng.random(40) > 0.15
+            keep_o = rng.random(50) > 0.3
+            if t == 9:
+                truth_ce[:5] -= 1  # cations leave
+            xy = np.concatenate([base_ce[keep_ce], base_o[keep_o]]) + shift
+            xy += rng.normal(0, 0.05, xy.shape)
+            n_ce, n = int(keep_ce.sum()), len(xy)
+            p_depth = rng.dirichlet(np.full(k, 0.5), n)
+            p_depth[np.arange(n_ce), np.clip(truth_ce[keep_ce], 1, k) - 1] += 1.5
+            p_depth /= p_depth.sum(axis=1, keepdims=True)
+            d = np.argmax(p_depth, axis=1) + 1
+            cols = {"x": xy[:, 0], "y": xy[:, 1], "depth": d, "confidence": p_depth.max(axis=1),
+                    "species": np.array(["Ce"] * n_ce + ["O"] * (n - n_ce)),
+                    "depth_frame": d, "confidence_frame": p_depth.max(axis=1),
+                    "p_column": np.ones(n)}
+            for j in range(k):
+                cols[f"p_depth_{j + 1}"] = p_depth[:, j].astype(np.float16)
+            w.write_frame(t, ce_depth=zeros, ce_confidence=zeros, o_depth=zeros,
+                          o_confidence=zeros, columns=cols, frame_row={"valid": t != 4})
+        reference = _whole_series_reference(w.read_columns(), w.read_frames(), n_frames,
+                                            {"Ce": k, "O": k}, p, shape)
+        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smooth=True)
+        w.finalize()
+    drift, track, depth, events = reference
+    r = read_results(tmp_path / "s.h5", load_maps=False)
+    np.testing.assert_array_equal(r["columns"]["track"], track)
+    np.testing.assert_array_equal(r["columns"]["depth"], depth)
+    np.testing.assert_allclose(r["frames"]["drift_x"], drift[:, 0].astype(np.float32))
+    assert stats["n_events"] == len(events) > 0
+    got = r["events"]
+    assert [int(f) for f in got["frame"]] == [e["frame"] for e in events]
+    assert [int(f) for f in got["track"]] == [e["track"] for e in events]
+    assert [str(s) for s in got["kind"]] == [e["kind"] for e in events]
+    assert any(e["kind"] == "depth_change" and e["frame"] == 9 for e in events)
+    sel = r["columns"]["species"] == "Ce"
+    n_ce = np.bincount(r["columns"]["frame"][sel], weights=depth[sel], minlength=n_frames)
+    np.testing.assert_array_equal(r["frames"]["n_ce"], n_ce)

@@ -6,6 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atom3d.inference.tracking import (
+    TrackLinker,
+    ViterbiBackward,
+    ViterbiForward,
     cumulative_drift,
     detect_events,
     estimate_drift,
@@ -280,3 +283,98 @@ def test_pipeline_reports_vanishing_columns():
         (5, 15, "appeared"),
         (6, n - 1, "appeared"),
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# streaming smoother = batch smoother
+# ---------------------------------------------------------------------------------------
+
+
+def random_tracked_series(seed, n_frames=25, n_tracks=30, n_states=6):
+    """Per-frame track ids (with gaps, births, deaths, untracked -1) and probabilities."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, n_frames, n_tracks)
+    stop = np.minimum(n_frames, start + rng.integers(1, n_frames, n_tracks))
+    truth = rng.integers(0, n_states, n_tracks)
+    ids, probs = [], []
+    for t in range(n_frames):
+        here = [k for k in range(n_tracks) if start[k] <= t < stop[k] and rng.random() > 0.2]
+        if t % 7 == 3:
+            here = here[: len(here) // 2]  # a frame with many columns missed
+        rng.shuffle(here)
+        k_ids = np.array(here + [-1] * int(rng.integers(0, 3)), np.int64)
+        if rng.random() < 0.3:  # some depth changes
+            truth[rng.integers(0, n_tracks)] += rng.choice([-1, 1])
+            np.clip(truth, 0, n_states - 1, out=truth)
+        p = rng.dirichlet(np.full(n_states, 0.7), len(k_ids))
+        for i, k in enumerate(k_ids):
+            if k >= 0:
+                p[i, truth[k]] += rng.uniform(0, 2)
+        p /= p.sum(axis=1, keepdims=True)
+        if len(p) and rng.random() < 0.2:
+            p[0] = 0.0  # an all-zero row
+        ids.append(k_ids.astype(np.int32))
+        probs.append(p)
+    return ids, probs
+
+
+def streaming(ids, probs, smooth, min_track_length, max_gap=30):
+    n_states = probs[0].shape[1]
+    fwd = ViterbiForward(n_states, switch_prob=0.05, max_step=2, max_gap=max_gap)
+    records = [fwd.step(i, p) for i, p in zip(ids, probs, strict=True)]
+    bwd = ViterbiBackward(len(ids), first_depth=1, min_track_length=min_track_length,
+                          species="Ce", smooth=smooth)
+    out = [None] * len(ids)
+    for t in reversed(range(len(ids))):
+        best, first, chain = records[t]
+        d0 = (np.argmax(probs[t], axis=1) + 1).astype(np.uint8)
+        c0 = probs[t].max(axis=1, initial=0.0).astype(np.float32)
+        out[t] = bwd.step(ids[t], probs[t], best, first, chain, d0, c0)
+    return [o[0] for o in out], [o[1] for o in out], bwd.sorted_events()
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("smooth", [True, False])
+def test_streaming_viterbi_equals_batch(seed, smooth):
+    ids, probs = random_tracked_series(seed)
+    d_s, c_s, events_s = streaming(ids, probs, smooth, min_track_length=2)
+    if smooth:
+        d_b, c_b = smooth_track_depths(ids, probs, switch_prob=0.05, max_step=2, first_depth=1)
+    else:
+        d_b = [(np.argmax(p, axis=1) + 1).astype(np.uint8) for p in probs]
+        c_b = [p.max(axis=1, initial=0.0).astype(np.float32) for p in probs]
+    for t in range(len(ids)):
+        np.testing.assert_array_equal(d_s[t], d_b[t])
+        np.testing.assert_array_equal(c_s[t], c_b[t])
+    events_b = detect_events(ids, d_b, c_b, species="Ce", min_track_length=2)
+    assert len(events_b) > 0
+    assert events_s == events_b or (
+        [{k: v for k, v in e.items() if k != "confidence"} for e in events_s]
+        == [{k: v for k, v in e.items() if k != "confidence"} for e in events_b]
+        and np.allclose([e["confidence"] for e in events_s],
+                        [e["confidence"] for e in events_b], equal_nan=True))
+    if smooth:  # the smoother did something on this series
+        raw = [(np.argmax(p, axis=1) + 1) for p in probs]
+        assert any(np.any(a != b) for a, b in zip(raw, d_s, strict=True))
+
+
+def test_streaming_forward_forgets_tracks_beyond_the_gap():
+    fwd = ViterbiForward(3, max_gap=1)
+    p = np.array([[0.2, 0.5, 0.3]])
+    fwd.step(np.array([0]), p)
+    for _ in range(5):
+        fwd.step(np.zeros(0, np.int32), np.zeros((0, 3)))
+    assert len(fwd._ids) == 0  # noqa: SLF001 - the memory bound is the point
+    _, first, _ = fwd.step(np.array([0]), p)
+    assert first[0]
+
+
+def test_track_linker_equals_link_tracks():
+    rng = np.random.default_rng(3)
+    frames = [(rng.uniform(0, 30, n), rng.uniform(0, 30, n)) for n in rng.integers(5, 40, 12)]
+    drift = np.cumsum(rng.normal(0, 0.1, (12, 2)), axis=0)
+    batch = link_tracks(frames, drift, 1.0, max_gap=2, first_id=5)
+    linker = TrackLinker(1.0, max_gap=2, first_id=5)
+    for t, (x, y) in enumerate(frames):
+        np.testing.assert_array_equal(linker.step(x, y, drift[t]), batch[t])
+    assert linker.next_id == max(int(b.max()) for b in batch) + 1

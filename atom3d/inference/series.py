@@ -4,8 +4,9 @@
 
 Streaming
     Frames are read, predicted and written one at a time (small frames in batches of
-    ``--batch-size``), so memory does not grow with the number of frames; only the column
-    table (a few dozen bytes per column) is read back for tracking. The results file is
+    ``--batch-size``), so memory does not grow with the number of frames; the
+    post-processing after the loop reads and writes the file one frame at a time too
+    (see :func:`postprocess`). The results file is
     written by :class:`~atom3d.io.results.ResultsWriter`: into ``OUT.h5.partial`` until the
     last step, which renames it, so a file at ``OUT.h5`` is always complete. ``--resume``
     continues an interrupted run from the frames already committed; everything after the
@@ -57,6 +58,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,10 +72,10 @@ from atom3d.argtypes import positive_int as _positive_int
 from atom3d.errors import UserError
 from atom3d.inference.predictor import FramePrediction, Predictor
 from atom3d.inference.tracking import (
+    TrackLinker,
+    ViterbiBackward,
+    ViterbiForward,
     cumulative_drift,
-    detect_events,
-    link_tracks,
-    smooth_track_depths,
 )
 from atom3d.io.results import ResultsWriter, partial_path, read_results, sha256_file
 from atom3d.models.artifact import DEFAULT_MODEL  # model used when --model is not given
@@ -223,28 +225,24 @@ def _write_prediction(writer: ResultsWriter, i: int, pred: FramePrediction, k_ma
 # --------------------------------------------------------------------------- after the loop
 
 
-def _split_by_frame(frame: np.ndarray, n_frames: int) -> list[np.ndarray]:
-    """Row indices of each frame (rows sorted by frame)."""
-    bounds = np.searchsorted(frame, np.arange(n_frames + 1))
-    return [np.arange(bounds[t], bounds[t + 1]) for t in range(n_frames)]
+def _presence_images(columns_of: Any, frames: Sequence[int], shape: tuple[int, int],
+                     pixel_size_A: float, grid_A: float) -> Iterator[np.ndarray]:
+    """Rendered column-presence images of ``frames`` (one at a time).
 
-
-def _presence_images(cols: dict[str, np.ndarray], rows: list[np.ndarray], frames: Sequence[int],
-                     shape: tuple[int, int], pixel_size_A: float,
-                     grid_A: float) -> Iterator[np.ndarray]:
-    """Rendered column-presence images of ``frames`` (one at a time)."""
+    ``columns_of(t)`` returns the ``x``, ``y`` [Å] and ``species`` of frame ``t``'s columns.
+    """
     h = int(math.ceil(shape[0] * pixel_size_A / grid_A))
     w = int(math.ceil(shape[1] * pixel_size_A / grid_A))
     sigma = DRIFT_SIGMA_A / grid_A
     k = int(math.ceil(3 * sigma))
     d = np.arange(-k, k + 1)
     for t in frames:
-        r = rows[t]
+        c = columns_of(t)
         image = np.zeros((h, w), np.float64)
-        if len(r):
-            cx = cols["x"][r].astype(np.float64) / grid_A
-            cy = cols["y"][r].astype(np.float64) / grid_A
-            weight = np.where(cols["species"][r] == "Ce", 1.0, DRIFT_O_WEIGHT)
+        if len(c["x"]):
+            cx = c["x"].astype(np.float64) / grid_A
+            cy = c["y"].astype(np.float64) / grid_A
+            weight = np.where(c["species"] == "Ce", 1.0, DRIFT_O_WEIGHT)
             bx, by = np.rint(cx).astype(int), np.rint(cy).astype(int)
             px = bx[:, None] + d[None]  # (N, 2k+1)
             py = by[:, None] + d[None]
@@ -258,11 +256,13 @@ def _presence_images(cols: dict[str, np.ndarray], rows: list[np.ndarray], frames
         yield image
 
 
-def series_drift(cols: dict[str, np.ndarray], rows: list[np.ndarray], valid: np.ndarray,
-                 shape: tuple[int, int], pixel_size_A: float) -> np.ndarray:
+def series_drift(columns_of: Any, valid: np.ndarray, shape: tuple[int, int],
+                 pixel_size_A: float) -> np.ndarray:
     """Drift ``[dx, dy]`` [Å] of every frame relative to the first valid one (NaN if invalid).
 
-    See the module docstring (presence images rendered from the columns).
+    ``columns_of(t)`` returns the ``x``, ``y`` [Å] and ``species`` of frame ``t``'s
+    columns; frames are visited once, in order. See the module docstring (presence
+    images rendered from the columns).
     """
     n = len(valid)
     drift = np.full((n, 2), np.nan)
@@ -270,7 +270,7 @@ def series_drift(cols: dict[str, np.ndarray], rows: list[np.ndarray], valid: np.
     if not good:
         return drift
     grid = max(float(pixel_size_A), DRIFT_GRID_A)
-    images = _presence_images(cols, rows, good, shape, pixel_size_A, grid)
+    images = _presence_images(columns_of, good, shape, pixel_size_A, grid)
     drift[good] = cumulative_drift(images, grid, reference="previous")
     return drift
 
@@ -290,7 +290,7 @@ def _filled(drift: np.ndarray) -> np.ndarray:
 def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> np.ndarray:
     """``(N, k)`` stored depth probabilities (classes 1..k) of rows ``idx``, renormalised."""
     p = np.stack([cols[f"p_depth_{j + 1}"][idx].astype(np.float64) for j in range(k)], axis=1)
-    p = p.reshape(len(idx), k)
+    p = p.reshape(-1, k)
     total = p.sum(axis=1, keepdims=True)
     return np.where(total > 0, p / np.maximum(total, 1e-300), 1.0 / k)
 
@@ -300,57 +300,99 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
 
     Everything is computed from the rows stored in the (partial) results file, so that a
-    resumed run finishes into the same file as an uninterrupted one.
+    resumed run finishes into the same file as an uninterrupted one. The file is read
+    and written one frame at a time, so memory does not grow with the series: a pass
+    over the frames for the drift, one per species for linking and the forward half of
+    the HMM (:class:`~atom3d.inference.tracking.ViterbiForward`, whose per-column
+    back-pointers go to an anonymous scratch file beside the output), and one pass in
+    reverse for the smoothed depths and the events
+    (:class:`~atom3d.inference.tracking.ViterbiBackward`). The result equals that of
+    :func:`~atom3d.inference.tracking.link_tracks`,
+    :func:`~atom3d.inference.tracking.smooth_track_depths` and
+    :func:`~atom3d.inference.tracking.detect_events` on the whole series (tested).
 
     Returns
     -------
     dict
         ``n_events``, ``n_tracks`` and ``smoothed`` (whether smoothing was applied).
     """
-    cols = writer.read_columns()
     frames = writer.read_frames()
     n_frames = writer.n_frames
     valid = frames["valid"].astype(bool)
-    rows = _split_by_frame(cols["frame"], n_frames)
-    drift = series_drift(cols, rows, valid, writer.shape, pixel_size_A)
-    link_drift = _filled(drift)
+    writer.sort_by_frame()
+    bounds = writer.column_frame_bounds()
     smooth = bool(smooth) and n_frames > 1
+    k_max = max(classes.values())
+    p_fields = [f"p_depth_{j + 1}" for j in range(k_max)]
 
-    n_rows = len(cols["x"])
-    track = np.full(n_rows, -1, np.int64)
-    depth = cols["depth_frame"].astype(np.int64).copy()
-    confidence = cols["confidence_frame"].astype(np.float64).copy()
-    events: list[dict] = []
-    next_id = 0
-    for species in _SPECIES:
-        per_frame = [r[cols["species"][r] == species] for r in rows]
-        ids = link_tracks([(cols["x"][r], cols["y"][r]) for r in per_frame], link_drift,
-                          LINK_MAX_DIST_A[species], max_gap=LINK_MAX_GAP, first_id=next_id)
-        all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-        next_id = int(all_ids.max()) + 1 if all_ids.size else next_id
-        if smooth:
-            probs = [_depth_posteriors(cols, r, classes[species]) for r in per_frame]
-            d_list, c_list = smooth_track_depths(ids, probs, switch_prob=SWITCH_PROB,
-                                                 max_step=MAX_STEP, first_depth=1)
-        else:
-            d_list = [depth[r] for r in per_frame]
-            c_list = [confidence[r] for r in per_frame]
-        for r, t_ids, d, c in zip(per_frame, ids, d_list, c_list, strict=True):
-            track[r] = t_ids
-            depth[r] = d
-            confidence[r] = c
-        events += detect_events(ids, d_list, c_list, species=species,
-                                min_track_length=MIN_TRACK_LENGTH)
+    def rows(t: int, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        return writer.read_column_rows(int(bounds[t]), int(bounds[t + 1]), fields)
+
+    drift = series_drift(lambda t: rows(t, ("x", "y", "species")), valid, writer.shape,
+                         pixel_size_A)
+    link_drift = _filled(drift)
+
+    scratch_dir = writer.partial_path.parent
+    with tempfile.TemporaryFile(prefix=".atom3d-scratch-", dir=scratch_dir) as scratch:
+        # forward: link and run the HMM forward, species by species
+        layout: dict[str, tuple[int, np.dtype, np.ndarray]] = {}
+        next_id = 0
+        for species in _SPECIES:
+            k = classes[species]
+            record = np.dtype([("id", "<i4"), ("best", "u1"), ("first", "?"),
+                               ("chain", "u1", (k,))])
+            linker = TrackLinker(LINK_MAX_DIST_A[species], max_gap=LINK_MAX_GAP,
+                                 first_id=next_id)
+            forward = ViterbiForward(k, SWITCH_PROB, MAX_STEP, max_gap=LINK_MAX_GAP)
+            start = scratch.tell()
+            counts = np.zeros(n_frames + 1, np.int64)
+            for t in range(n_frames):
+                r = rows(t, ("x", "y", "species", *p_fields[:k]))
+                sel = r["species"] == species
+                ids = linker.step(r["x"][sel], r["y"][sel], link_drift[t])
+                out = np.empty(len(ids), record)
+                out["id"] = ids
+                out["best"], out["first"], out["chain"] = forward.step(
+                    ids, _depth_posteriors(r, sel, k))
+                scratch.write(out.tobytes())
+                counts[t + 1] = len(ids)
+            layout[species] = (start, record, np.cumsum(counts))
+            next_id = linker.next_id
+
+        # backward: smoothed depths, events, per-frame atom counts
+        backward = {sp: ViterbiBackward(n_frames, first_depth=1, species=sp, smooth=smooth,
+                                        min_track_length=MIN_TRACK_LENGTH)
+                    for sp in _SPECIES}
+        n_ce = np.zeros(n_frames, np.int64)
+        n_o = np.zeros(n_frames, np.int64)
+        for t in reversed(range(n_frames)):
+            r = rows(t, ("species", "depth_frame", "confidence_frame", *p_fields))
+            n = len(r["species"])
+            track = np.full(n, -1, np.int64)
+            depth = r["depth_frame"].astype(np.int64)
+            confidence = r["confidence_frame"].astype(np.float64)
+            for species in _SPECIES:
+                start, record, offsets = layout[species]
+                sel = r["species"] == species
+                scratch.seek(start + int(offsets[t]) * record.itemsize)
+                rec = np.frombuffer(scratch.read(int(offsets[t + 1] - offsets[t]) * record.itemsize),
+                                    record)
+                d, c = backward[species].step(
+                    rec["id"], _depth_posteriors(r, sel, classes[species]), rec["best"],
+                    rec["first"], rec["chain"], depth[sel], confidence[sel])
+                track[sel] = rec["id"]
+                depth[sel] = d
+                confidence[sel] = c
+            if n:
+                writer.write_column_rows(int(bounds[t]), int(bounds[t + 1]), {
+                    "track": track, "depth": depth.astype(np.uint8),
+                    "confidence": confidence.astype(np.float32)})
+            is_ce = r["species"] == "Ce"
+            n_ce[t] = depth[is_ce].sum()
+            n_o[t] = depth[~is_ce].sum()
+    events = backward["Ce"].sorted_events() + backward["O"].sorted_events()
     events.sort(key=lambda e: (e["frame"], e["track"]))
 
-    writer.set_tracks(track)
-    _update_columns(writer, {"depth": depth.astype(np.uint8),
-                             "confidence": confidence.astype(np.float32)})
-    n_ce = np.zeros(n_frames, np.int64)
-    n_o = np.zeros(n_frames, np.int64)
-    is_ce = cols["species"] == "Ce"
-    np.add.at(n_ce, cols["frame"][is_ce], depth[is_ce])
-    np.add.at(n_o, cols["frame"][~is_ce], depth[~is_ce])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(n_ce > 0, n_o / np.maximum(n_ce, 1), np.nan)
     order = frames["frame"]  # rows of read_frames are sorted by frame: 0 .. T-1
@@ -363,20 +405,6 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     })
     writer.write_events(events)
     return {"n_events": len(events), "n_tracks": next_id, "smoothed": smooth}
-
-
-def _update_columns(writer: ResultsWriter, values: dict[str, np.ndarray]) -> None:
-    """Overwrite ``/columns`` fields given in :meth:`ResultsWriter.read_columns` order.
-
-    ResultsWriter has a public setter for ``track`` only; until it offers one for other
-    fields (``update_columns``), its frame-ordered field setter is used.
-    """
-    update = getattr(writer, "update_columns", None)
-    if update is not None:
-        update(values)
-        return
-    for name, field in values.items():
-        writer._set_sorted_field("columns", name, field)  # noqa: SLF001 - see docstring
 
 
 # --------------------------------------------------------------------------- one series
@@ -477,7 +505,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
             bar.close()
         stats = postprocess(writer, predictor.classes, float(series.pixel_size_A), smooth)
         frames_table = writer.read_frames()
-        n_columns = len(writer.read_columns()["x"])
+        n_columns = writer.n_columns
         writer.finalize()
     return {
         "out": str(out),

@@ -30,6 +30,9 @@ __all__ = [
     "link_tracks",
     "smooth_depths",
     "smooth_track_depths",
+    "TrackLinker",
+    "ViterbiBackward",
+    "ViterbiForward",
 ]
 
 
@@ -241,34 +244,59 @@ def link_tracks(
     drift = np.zeros((n_frames, 2)) if drift_A is None else np.asarray(drift_A, dtype=np.float64)
     if drift.shape != (n_frames, 2):
         raise ValueError(f"drift_A must have shape ({n_frames}, 2), got {drift.shape}")
-    if max_dist_A <= 0 or max_gap < 0:
-        raise ValueError("max_dist_A must be > 0 and max_gap >= 0")
+    linker = TrackLinker(max_dist_A, max_gap=max_gap, first_id=first_id)
+    return [linker.step(x, y, drift[t]) for t, (x, y) in enumerate(frames)]
 
-    track_pos = np.zeros((0, 2))
-    track_id = np.zeros(0, dtype=np.int64)
-    track_last = np.zeros(0, dtype=np.int64)
-    next_id = first_id
-    result = []
-    for t, (x, y) in enumerate(frames):
+
+class TrackLinker:
+    """Frame-by-frame form of :func:`link_tracks` (same result, constant memory).
+
+    Call :meth:`step` once per frame, in time order; it holds only the tracks that can
+    still be continued (seen in the last ``max_gap + 1`` frames).
+
+    Parameters
+    ----------
+    max_dist_A, max_gap, first_id
+        As in :func:`link_tracks`.
+    """
+
+    def __init__(self, max_dist_A: float, max_gap: int = 2, first_id: int = 0) -> None:
+        if max_dist_A <= 0 or max_gap < 0:
+            raise ValueError("max_dist_A must be > 0 and max_gap >= 0")
+        self.max_dist_A = float(max_dist_A)
+        self.max_gap = int(max_gap)
+        self.next_id = int(first_id)
+        self.t = 0
+        self._pos = np.zeros((0, 2))
+        self._id = np.zeros(0, dtype=np.int64)
+        self._last = np.zeros(0, dtype=np.int64)
+
+    def step(self, x: np.ndarray, y: np.ndarray, drift_A: np.ndarray | None = None) -> np.ndarray:
+        """Track ids (int32) of the detections ``(x, y)`` [Å] of the next frame.
+
+        ``drift_A`` is that frame's ``[dx, dy]`` [Å] (None = no drift).
+        """
+        t = self.t
+        self.t += 1
         pos = np.stack([np.asarray(x, np.float64), np.asarray(y, np.float64)], axis=1).reshape(
             -1, 2
         )
-        pos = pos - drift[t]
-        alive = t - track_last <= max_gap + 1
-        track_pos, track_id, track_last = track_pos[alive], track_id[alive], track_last[alive]
-        rows, cols = _assign(track_pos, pos, max_dist_A)
+        if drift_A is not None:
+            pos = pos - np.asarray(drift_A, np.float64)
+        alive = t - self._last <= self.max_gap + 1
+        track_pos, track_id, track_last = self._pos[alive], self._id[alive], self._last[alive]
+        rows, cols = _assign(track_pos, pos, self.max_dist_A)
         ids = np.full(len(pos), -1, dtype=np.int64)
         ids[cols] = track_id[rows]
         new = ids < 0
-        ids[new] = next_id + np.arange(new.sum())
-        next_id += int(new.sum())
+        ids[new] = self.next_id + np.arange(new.sum())
+        self.next_id += int(new.sum())
         track_pos[rows] = pos[cols]
         track_last[rows] = t
-        track_pos = np.concatenate([track_pos, pos[new]])
-        track_id = np.concatenate([track_id, ids[new]])
-        track_last = np.concatenate([track_last, np.full(new.sum(), t)])
-        result.append(ids.astype(np.int32))
-    return result
+        self._pos = np.concatenate([track_pos, pos[new]])
+        self._id = np.concatenate([track_id, ids[new]])
+        self._last = np.concatenate([track_last, np.full(new.sum(), t)])
+        return ids.astype(np.int32)
 
 
 def _assign(a: np.ndarray, b: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
@@ -418,6 +446,205 @@ def smooth_track_depths(
             depths[f][i] = d
             confidences[f][i] = probs[f][i][d - first_depth]
     return depths, confidences
+
+
+class ViterbiForward:
+    """Forward pass of :func:`smooth_track_depths`, frame by frame (constant memory).
+
+    Holds the Viterbi score of every track that can still be continued. For each
+    detection :meth:`step` returns what the backward pass (:class:`ViterbiBackward`, run
+    over the frames in reverse) needs, so that both together give exactly the depths of
+    :func:`smooth_track_depths` without holding the series in memory.
+
+    Parameters
+    ----------
+    n_states : int
+        Number of depth states S (the width of the probabilities).
+    switch_prob, max_step
+        As in :func:`smooth_depths`.
+    max_gap : int
+        The linker's ``max_gap``: a track unseen for more than ``max_gap + 1`` frames is
+        never continued, and its score is dropped.
+    """
+
+    def __init__(self, n_states: int, switch_prob: float = 0.02, max_step: int = 2,
+                 max_gap: int = 2) -> None:
+        if not 0 <= switch_prob < 1:
+            raise ValueError(f"switch_prob must be in [0, 1), got {switch_prob}")
+        if not 1 <= n_states <= 255:
+            raise ValueError(f"n_states must be in 1..255, got {n_states}")
+        self.n_states = int(n_states)
+        self.max_gap = int(max_gap)
+        self._log_a = _log_transitions(n_states, switch_prob, max_step)
+        # tracks that can still be continued, ids ascending (new ids are always larger)
+        self._ids = np.zeros(0, np.int64)
+        self._score = np.zeros((0, n_states))
+        self._last = np.zeros(0, np.int64)
+        self.t = 0
+
+    def step(self, track_ids: np.ndarray, probs: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance one frame.
+
+        Parameters
+        ----------
+        track_ids : numpy.ndarray
+            ``(N,)`` track ids of this frame's detections (unique; ids < 0: untracked).
+        probs : numpy.ndarray
+            ``(N, S)`` depth probabilities of the detections (as in
+            :func:`smooth_track_depths`).
+
+        Returns
+        -------
+        best : numpy.ndarray
+            ``(N,)`` uint8: the most probable state if the track ended here.
+        first : numpy.ndarray
+            ``(N,)`` bool: the detection is its track's first (or untracked).
+        chain : numpy.ndarray
+            ``(N, S)`` uint8: for each state here, the most probable state at the
+            track's previous detection (undefined where ``first``).
+        """
+        t = self.t
+        self.t += 1
+        s = self.n_states
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1, s)
+        ids = np.asarray(track_ids, dtype=np.int64).reshape(-1)
+        n = len(ids)
+        with np.errstate(divide="ignore"):
+            score = np.log(np.clip(np.nan_to_num(probs), 1e-300, None))
+        chain = np.zeros((n, s), np.uint8)
+        pos = np.searchsorted(self._ids, ids)
+        found = (ids >= 0) & (pos < len(self._ids))
+        found[found] = self._ids[pos[found]] == ids[found]
+        if found.any():
+            j = pos[found]
+            prev = self._score[j]
+            gaps = t - self._last[j]
+            link = np.broadcast_to(np.arange(s), prev.shape).copy()
+            for g in range(int(gaps.max())):  # gap frames carry no emission (log 1 = 0)
+                m = gaps > g
+                cand = prev[m][:, :, None] + self._log_a[None]  # [track, from, to]
+                back = np.argmax(cand, axis=1)
+                prev[m] = np.take_along_axis(cand, back[:, None, :], axis=1)[:, 0, :]
+                link[m] = np.take_along_axis(link[m], back, axis=1)
+            score[found] = prev + score[found]
+            chain[found] = link
+            self._score[j] = score[found]
+            self._last[j] = t
+        new = (ids >= 0) & ~found
+        if new.any():
+            order = np.argsort(ids[new])
+            self._ids = np.concatenate([self._ids, ids[new][order]])
+            self._score = np.concatenate([self._score, score[new][order]])
+            self._last = np.concatenate([self._last, np.full(int(new.sum()), t)])
+            if np.any(np.diff(self._ids) <= 0):  # ids out of order: keep them sorted
+                o = np.argsort(self._ids, kind="stable")
+                self._ids, self._score, self._last = self._ids[o], self._score[o], self._last[o]
+        keep = t - self._last <= self.max_gap  # others are not continued at frame t + 1
+        if not keep.all():
+            self._ids, self._score, self._last = self._ids[keep], self._score[keep], self._last[keep]
+        best = np.argmax(score, axis=1).astype(np.uint8)
+        return best, ~found, chain
+
+
+class ViterbiBackward:
+    """Backward pass of :class:`ViterbiForward`, and :func:`detect_events`, frame by frame.
+
+    Call :meth:`step` for the frames in reverse order (last frame first) with what
+    :meth:`ViterbiForward.step` returned for them; it returns the smoothed depths and
+    their probabilities, equal to those of :func:`smooth_track_depths`, and collects the
+    events of :func:`detect_events` in :attr:`events`.
+
+    Parameters
+    ----------
+    n_frames : int
+        Length of the series (tracks seen in the last frame did not vanish).
+    first_depth : int
+        Depth of state 0 (as in :func:`smooth_depths`).
+    min_track_length, species
+        As in :func:`detect_events`.
+    smooth : bool
+        False: keep the depths given to :meth:`step` (events only).
+    """
+
+    def __init__(self, n_frames: int, first_depth: int = 1, min_track_length: int = 1,
+                 species: str | None = None, smooth: bool = True) -> None:
+        self.n_frames = int(n_frames)
+        self.first_depth = int(first_depth)
+        self.min_track_length = int(min_track_length)
+        self.species = species
+        self.smooth = bool(smooth)
+        self.events: list[dict] = []
+        # id -> [state at its previous detection, later depth, later conf, later frame,
+        #         detections seen, pending events]
+        self._open: dict[int, list] = {}
+        self.t = self.n_frames
+
+    def step(self, track_ids: np.ndarray, probs: np.ndarray, best: np.ndarray,
+             first: np.ndarray, chain: np.ndarray, depth: np.ndarray | None = None,
+             confidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One frame, in reverse order. ``depth``/``confidence`` are needed if not smoothing.
+
+        Returns
+        -------
+        depth : numpy.ndarray
+            ``(N,)`` uint8 depth of each detection [atoms].
+        confidence : numpy.ndarray
+            ``(N,)`` float32 probability of that depth.
+        """
+        self.t -= 1
+        t = self.t
+        ids = np.asarray(track_ids).reshape(-1)
+        n = len(ids)
+        probs = np.asarray(probs, dtype=np.float64)
+        probs = probs.reshape(n, probs.shape[-1] if probs.ndim == 2 else 1)
+        if self.smooth:
+            out_d = np.empty(n, np.uint8)
+            out_c = np.empty(n, np.float32)
+        else:
+            out_d = np.asarray(depth).astype(np.uint8)
+            out_c = np.asarray(confidence).astype(np.float32)
+        for i in range(n):
+            k = int(ids[i])
+            if k < 0:
+                if self.smooth:
+                    out_d[i] = int(best[i]) + self.first_depth
+                    out_c[i] = probs[i].max(initial=0.0)
+                continue
+            state = self._open.get(k)
+            if self.smooth:
+                s = int(best[i]) if state is None else state[0]
+                out_d[i] = s + self.first_depth
+                out_c[i] = probs[i][s]
+                prev_state = int(chain[i][s])
+            else:
+                prev_state = 0
+            d, c = int(out_d[i]), float(out_c[i])
+            if state is None:  # the track's last detection
+                pending = []
+                if t < self.n_frames - 1:
+                    pending.append(_event(t + 1, k, "vanished", d, 0, np.nan))
+                state = [prev_state, d, c, t, 1, pending]
+                self._open[k] = state
+            else:
+                if state[1] != d:
+                    state[5].append(_event(state[3], k, "depth_change", d, state[1], state[2]))
+                state[0], state[1], state[2], state[3] = prev_state, d, c, t
+                state[4] += 1
+            if first[i]:
+                if t > 0:
+                    state[5].append(_event(t, k, "appeared", 0, d, c))
+                if state[4] >= self.min_track_length:
+                    if self.species is not None:
+                        for e in state[5]:
+                            e["species"] = self.species
+                    self.events += state[5]
+                del self._open[k]
+        return out_d, out_c
+
+    def sorted_events(self) -> list[dict]:
+        """The events, sorted as :func:`detect_events` sorts them."""
+        return sorted(self.events, key=lambda e: (e["frame"], e["track"], _KIND_ORDER[e["kind"]]))
 
 
 def _observations(track_ids: Sequence[np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:

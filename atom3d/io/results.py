@@ -155,6 +155,8 @@ _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
 _TABLE_CHUNK_ROWS = 4096
+#: Rows read at a time when scanning a table (bounded memory).
+_SCAN_ROWS = 1 << 18
 
 
 # --------------------------------------------------------------------------- hashing
@@ -382,6 +384,21 @@ class _Table:
         ds = self.group[name] if name in self.group else self.create(name, values.dtype, 0)
         ds.resize((self.n_rows,))
         ds[:] = values
+
+
+def _is_frame_sorted(table: _Table) -> bool:
+    """Whether a table's stored rows are in frame order (checked in chunks)."""
+    if "frame" not in table.group:
+        return True
+    ds = table.group["frame"]
+    last = None
+    for start in range(0, table.n_rows, _SCAN_ROWS):
+        chunk = ds[start:min(start + _SCAN_ROWS, table.n_rows)]
+        if len(chunk) and ((last is not None and chunk[0] < last) or np.any(np.diff(chunk) < 0)):
+            return False
+        if len(chunk):
+            last = chunk[-1]
+    return True
 
 
 def _frame_order(table: _Table) -> np.ndarray:
@@ -702,6 +719,88 @@ class ResultsWriter:
         """
         self._set_sorted_field("columns", "track", track)
 
+    @property
+    def n_columns(self) -> int:
+        """Number of ``/columns`` rows written so far."""
+        return int(self._tables["columns"].n_rows)
+
+    def update_columns(self, values: Mapping[str, Any]) -> None:
+        """Overwrite or add ``/columns`` fields for all rows.
+
+        Parameters
+        ----------
+        values : dict of array_like
+            Field name -> one value per row of :meth:`read_columns`, in that order.
+        """
+        for name, field in values.items():
+            if name in ("frame", "species"):
+                raise ValueError(f"update_columns: {name!r} cannot be changed")
+            self._set_sorted_field("columns", name, field)
+
+    def sort_by_frame(self) -> None:
+        """Store the rows of ``/columns`` and ``/frames`` in frame order.
+
+        A no-op when frames were written in order (as ``atom3d predict`` does); needed
+        before the row-range methods :meth:`column_frame_bounds`,
+        :meth:`read_column_rows` and :meth:`write_column_rows`.
+        """
+        self._require_open()
+        for name in _FRAME_TABLES:
+            table = self._tables[name]
+            if not _is_frame_sorted(table):
+                order = _frame_order(table)
+                self._replace_table(name, {k: v[order] for k, v in table.read().items()})
+
+    def column_frame_bounds(self) -> np.ndarray:
+        """Row offsets ``b`` of the frames' columns: frame ``t`` holds rows ``b[t]:b[t+1]``.
+
+        Reads the ``frame`` field in chunks (memory does not grow with the series).
+
+        Raises
+        ------
+        ValueError
+            If the rows are not stored in frame order (call :meth:`sort_by_frame`).
+        """
+        self._require_open()
+        table = self._tables["columns"]
+        counts = np.zeros(self.n_frames, np.int64)
+        if not _is_frame_sorted(table):
+            raise ValueError("columns are not stored in frame order: call sort_by_frame()")
+        if "frame" in table.group:
+            ds = table.group["frame"]
+            for start in range(0, table.n_rows, _SCAN_ROWS):
+                chunk = ds[start:min(start + _SCAN_ROWS, table.n_rows)]
+                counts += np.bincount(chunk, minlength=self.n_frames)[: self.n_frames]
+        return np.concatenate([[0], np.cumsum(counts)])
+
+    def read_column_rows(self, start: int, stop: int,
+                         fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Stored ``/columns`` rows ``start:stop`` (``species`` as ``str``).
+
+        With :meth:`column_frame_bounds` this reads one frame at a time.
+        """
+        self._require_open()
+        table = self._tables["columns"]
+        names = list(table.group) if fields is None else list(fields)
+        return {name: _to_str(table.group[name][start:stop]) for name in names}
+
+    def write_column_rows(self, start: int, stop: int, values: Mapping[str, Any]) -> None:
+        """Overwrite (or add) fields of the stored ``/columns`` rows ``start:stop``."""
+        self._require_open()
+        table = self._tables["columns"]
+        if not 0 <= start <= stop <= table.n_rows:
+            raise ValueError(f"rows {start}:{stop} outside the {table.n_rows} columns")
+        for name, field in values.items():
+            if name in ("frame", "species"):
+                raise ValueError(f"write_column_rows: {name!r} cannot be changed")
+            field = np.asarray(field)
+            if field.shape != (stop - start,):
+                raise ValueError(f"{name}: expected {stop - start} values, got {field.shape}")
+            field = _as_dtype(name, field, table.dtype(name, field))
+            if name not in table.group:
+                table.create(name, field.dtype, table.n_rows)
+            table.group[name][start:stop] = field
+
     def update_frames(self, values: Mapping[str, Any]) -> None:
         """Overwrite or add ``/frames`` fields (e.g. drift, known only after tracking).
 
@@ -790,8 +889,8 @@ class ResultsWriter:
                 f"written (first: {missing[0]})"
             )
         for name, table in list(self._tables.items()):
-            order = _frame_order(table)
-            if np.any(order != np.arange(table.n_rows)):
+            if not _is_frame_sorted(table):
+                order = _frame_order(table)
                 self._replace_table(name, {k: v[order] for k, v in table.read().items()})
         f.attrs["created"] = _now()
         del f.attrs[_COMMITTED]
