@@ -134,7 +134,7 @@ def _cmd_train(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    from atom3d.inference.series import PREDICT_DESCRIPTION, configure_predict_parser
+    from atom3d.inference.options import PREDICT_DESCRIPTION, configure_predict_parser
 
     p = sub.add_parser("predict", help="column depths, tracks and events of HRTEM frames/series → HDF5",
                        description=PREDICT_DESCRIPTION)

@@ -276,7 +276,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
 
 def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``atom3d demo`` arguments to ``p`` (a parser or sub-parser)."""
-    from atom3d.models.artifact import DEFAULT_MODEL
+    from atom3d.models import DEFAULT_MODEL
 
     p.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
                    help="output directory (default ./demo_out)")

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=200, help="frames of the throughput run (200)")
     p.add_argument("--size", type=int, default=512, help="frame side [px] (512)")
     p.add_argument("--pixel", type=float, default=0.2, help="pixel size [Å/px] (0.2)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4, help="as atom3d predict --batch-size (4)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--forward-frames", type=int, default=None,
                    help="frames' worth of tiles timed for the bare network (default "

@@ -346,6 +346,13 @@ def test_predict_imports_neither_abtem_nor_lightning():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_cli_parser_does_not_import_torch():
+    """`atom3d --help` and the light commands start without importing torch."""
+    code = ("import sys, atom3d.cli; atom3d.cli.build_parser(); "
+            "sys.exit('torch imported' if 'torch' in sys.modules else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # --------------------------------------------------------------------------- geometry, drift
 
 
@@ -567,3 +574,18 @@ def test_streaming_postprocess_equals_whole_series(tmp_path):
     sel = r["columns"]["species"] == "Ce"
     n_ce = np.bincount(r["columns"]["frame"][sel], weights=depth[sel], minlength=n_frames)
     np.testing.assert_array_equal(r["frames"]["n_ce"], n_ce)
+
+
+def test_tiles_are_as_few_and_small_as_the_frame_allows(model_dir):
+    from atom3d.inference.tiling import tile_starts
+
+    predictor = Predictor(load_artifact(model_dir), tile=384, overlap=64)
+    m = predictor.size_multiple
+    assert predictor._tile_for((300, 200)) == -(-300 // m) * m  # fits: one tile
+    for length in (385, 512, 700, 1000, 2048):
+        tile = predictor._tile_for((length, length))
+        assert tile <= 384 and tile % m == 0 and tile > 2 * 64
+        n = len(tile_starts(length, tile, 64))
+        assert n == len(tile_starts(length, 384, 64))  # no more tiles than the largest size
+        assert len(tile_starts(length, tile - m, 64)) > n or tile - m <= 2 * 64  # minimal
+    assert predictor._tile_for((512, 512)) == 288

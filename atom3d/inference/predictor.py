@@ -150,8 +150,8 @@ class Predictor:
         Whether ``margin`` covers the receptive-field bound (tiling then exact).
     """
 
-    def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 8,
-                 tile: int = 256, overlap: int = 64, half: bool = False,
+    def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 4,
+                 tile: int = 512, overlap: int = 64, half: bool = False,
                  edge_margin_A: float = 1.0) -> None:
         self.artifact = artifact
         if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
@@ -197,9 +197,22 @@ class Predictor:
         return out
 
     def _tile_for(self, shape: tuple[int, int]) -> int:
-        """Tile side for a model-grid image of ``shape``: at most :attr:`tile`."""
+        """Tile side for a model-grid image of ``shape``: at most :attr:`tile`.
+
+        An image that fits gets one tile of its own size; a larger one gets the fewest
+        tiles of at most :attr:`tile` per axis, each as small as that count allows (a
+        512 px frame with 384 px tiles would otherwise take 2 × 2 tiles of 384² = 2.25×
+        its area; here it takes 2 × 2 tiles of 288²). Sides are multiples of the
+        network's ``size_multiple``.
+        """
         m = self.size_multiple
-        return min(self.tile, -(-max(shape) // m) * m)
+        longest = max(shape)
+        if longest <= self.tile:
+            return -(-longest // m) * m
+        o = self.overlap
+        n = -(-(longest - o) // (self.tile - o))  # tiles along the longest axis
+        side = max(-(-(longest + (n - 1) * o) // n), 2 * o + 1)
+        return min(self.tile, -(-side // m) * m)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Tiled class probabilities of one *normalised* image on the model grid.

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from atom3d import __version__
 from atom3d.errors import UserError
+from atom3d.models import DEFAULT_MODEL
 from atom3d.models.unet import UNet
 
 FORMAT = "atom3d.model"
@@ -59,8 +60,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Species in head order of :class:`~atom3d.models.unet.UNet`.
 SPECIES = ("Ce", "O")
-#: Packaged model loaded when no model is named.
-DEFAULT_MODEL = "ceo2-110"
 
 
 @dataclass
