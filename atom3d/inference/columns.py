@@ -194,17 +194,18 @@ def _suppress_non_maxima(
         return peaks
     order = np.argsort(-values, kind="stable")
     peaks = peaks[order]
-    tree = cKDTree(peaks)
+    # all pairs closer than the minimum distance (strictly), i < j: i is the stronger one
+    pairs = cKDTree(peaks).query_pairs(np.nextafter(min_distance_px, 0), output_type="ndarray")
+    if len(pairs) == 0:
+        return peaks
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    firsts, starts = np.unique(pairs[:, 0], return_index=True)
+    ends = np.append(starts[1:], len(pairs))
     suppressed = np.zeros(len(peaks), dtype=bool)
-    keep = []
-    for i in range(len(peaks)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        # neighbours closer than the minimum distance (strictly) lose
-        near = tree.query_ball_point(peaks[i], np.nextafter(min_distance_px, 0))
-        suppressed[near] = True
-    return peaks[keep]
+    for i, a, b in zip(firsts.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        if not suppressed[i]:  # a kept peak suppresses its weaker neighbours
+            suppressed[pairs[a:b, 1]] = True
+    return peaks[~suppressed]
 
 
 def _disc_offsets(radius_px: float) -> np.ndarray:

@@ -126,8 +126,8 @@ class ModelArtifact:
         temperature = self.temperature
         with torch.no_grad():
             logits = self.model(x)
-            ce, o = (
-                torch.softmax(z / temperature[s], dim=1)
+            ce, o = (  # in place: the logits are not needed afterwards
+                torch.softmax(z.div_(temperature[s]), dim=1)
                 for z, s in zip(logits, SPECIES, strict=True)
             )
         return ce, o
