@@ -175,3 +175,30 @@ def test_bad_input_raises():
         find_columns(np.zeros((3, 8, 8)), 0.0, 2.6)
     with pytest.raises(ValueError):
         ColumnTable([0.0, 1.0], [0.0], [1], [1.0], [1.0])
+
+
+def test_peak_thinning_equals_greedy_reference():
+    """The vectorised thinning keeps exactly the peaks of the plain greedy loop."""
+    from scipy.spatial import cKDTree
+
+    from atom3d.inference.columns import _suppress_non_maxima
+
+    def greedy(peaks, values, d):
+        order = np.argsort(-values, kind="stable")
+        peaks = peaks[order]
+        tree = cKDTree(peaks)
+        suppressed = np.zeros(len(peaks), bool)
+        keep = []
+        for i in range(len(peaks)):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed[tree.query_ball_point(peaks[i], np.nextafter(d, 0))] = True
+        return peaks[keep]
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        peaks = np.unique(rng.integers(0, 200, (int(rng.integers(1, 800)), 2)), axis=0)
+        values = rng.integers(0, 4, len(peaks)).astype(float)  # many ties
+        d = float(rng.uniform(1, 15))
+        np.testing.assert_array_equal(_suppress_non_maxima(peaks, values, d),
+                                      greedy(peaks, values, d))
