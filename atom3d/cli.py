@@ -205,8 +205,12 @@ def _cmd_evaluate(args) -> int:
                         denoise=den, baseline_denoise=bden, device=args.device,
                         batch_size=args.batch_size, limit=args.limit,
                         noise_seed=args.noise_seed, progress=not args.quiet)
+    from atom3d.evaluation.evaluate import dose_table
+
     print(_evaluation_table(doc))
-    print(f"wrote {args.out / 'metrics.json'}")
+    print()
+    print(dose_table(doc))
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'dose_table.md'}")
     return 0
 
 

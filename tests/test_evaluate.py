@@ -80,3 +80,20 @@ def test_baseline_finds_ce_columns_at_high_dose(tiny_store):
         recalls.append(m["recall"])
         assert np.all((res["Ce"]["confidence"] >= 0) & (res["Ce"]["confidence"] <= 1))
     assert np.mean(recalls) > 0.7
+
+
+def test_dose_table_reads_the_right_bins():
+    from atom3d.evaluation.evaluate import dose_table
+
+    def entry(lo, hi, f1):
+        return {"lo": lo, "hi": hi, "n_images": 3, "f1": f1, "exact": 0.5, "within1": 0.9,
+                "ece": 0.01}
+
+    bins = [entry(50, 173.2, 0.1), entry(173.2, 547.7, 0.3), entry(547.7, 1732.1, 0.5),
+            entry(1732.1, 5477.2, 0.7), entry(5477.2, 20000, 0.9)]
+    doc = {"results": {"network": {"Ce": {"by_dose_e_per_A2": bins},
+                                   "O": {"by_dose_e_per_A2": bins}}}}
+    rows = dose_table(doc).splitlines()[2:]
+    assert len(rows) == 4
+    assert [r.split("|")[4].strip() for r in rows] == ["0.300", "0.500", "0.700", "0.900"]
+    assert rows[0].split("|")[2].strip() == "300 (173–548)"

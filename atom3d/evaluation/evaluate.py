@@ -207,5 +207,41 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
     doc = {"data": str(data), "n_images": len(run["indices"]), "noise_seed": noise_seed,
            "match_distance_A": MATCH_A, "methods": info, "results": summary}
     (out_dir / "metrics.json").write_text(json.dumps(_clean(doc), indent=1))
+    (out_dir / "dose_table.md").write_text(dose_table(doc) + "\n")
     write_plots(summary, run, out_dir)
     return doc
+
+
+def dose_table(doc: dict, doses: tuple[int, ...] = (300, 1000, 3000, 10000)) -> str:
+    """Markdown table of the headline figures per method in the dose bins of ``doses``.
+
+    Each row is one dose bin of ``metrics.json`` (``by_dose_e_per_A2``; bins are centred
+    on 100, 300, 1000, 3000, 10 000 e/Å² in log scale), with its range and number of
+    images. Ce: detection F1, exact and within-±1 depth accuracy, ECE; O: F1 and exact.
+    """
+    def f(v: float | None) -> str:
+        return "–" if v is None or v != v else f"{v:.3f}"
+
+    lines = [
+        "| method | dose [e/Å²] (bin) | images | Ce F1 | Ce exact | Ce ±1 | Ce ECE | O F1 | O exact |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in doc["results"].items():
+        for dose in doses:
+            ce = _dose_bin(res["Ce"]["by_dose_e_per_A2"], dose)
+            o = _dose_bin(res["O"]["by_dose_e_per_A2"], dose)
+            if ce is None or o is None:
+                continue
+            lines.append(
+                f"| {method} | {dose} ({ce['lo']:.0f}–{ce['hi']:.0f}) | {ce['n_images']} | "
+                f"{f(ce['f1'])} | {f(ce['exact'])} | {f(ce['within1'])} | {f(ce['ece'])} | "
+                f"{f(o['f1'])} | {f(o['exact'])} |")
+    return "\n".join(lines)
+
+
+def _dose_bin(bins: list[dict], dose: float) -> dict | None:
+    """The bin of ``bins`` (dicts with ``lo``, ``hi``) that holds ``dose``."""
+    for b in bins:
+        if b["lo"] <= dose < b["hi"]:
+            return b
+    return None
