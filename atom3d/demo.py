@@ -206,7 +206,8 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     return DemoSeries(tif, truth, drift, pixel_size_A)
 
 
-def evaluate_against_truth(results: str | Path, truth: Sequence[dict]) -> dict:
+def evaluate_against_truth(results: str | Path, truth: Sequence[dict],
+                           drift_A: np.ndarray | None = None) -> dict:
     """Column detection and depth scores of a results file against the true columns.
 
     Returns
@@ -214,7 +215,8 @@ def evaluate_against_truth(results: str | Path, truth: Sequence[dict]) -> dict:
     dict
         Per species: ``f1``, ``precision``, ``recall``, ``exact``, ``within1``, ``mae``
         (pooled over frames, :func:`atom3d.evaluation.metrics.aggregate`), and per frame
-        the true and predicted atom counts ``n_ce_true``, ``n_ce_pred``.
+        the true and predicted atom counts ``n_ce_true``, ``n_ce_pred``; with the true
+        drift ``drift_A`` [Å] also ``Ce_time`` (:func:`temporal_scores`).
     """
     from atom3d.evaluation.metrics import aggregate, column_metrics
     from atom3d.io.results import read_results
@@ -235,7 +237,80 @@ def evaluate_against_truth(results: str | Path, truth: Sequence[dict]) -> dict:
         out[species].update(tp=int(pooled["tp"]), fp=int(pooled["fp"]), fn=int(pooled["fn"]))
     out["n_ce_true"] = [int(np.sum(t["Ce"]["depth"])) for t in truth]
     out["n_ce_pred"] = [int(v) for v in r["frames"]["n_ce"]]
+    if drift_A is not None and len(truth) > 1:
+        out["Ce_time"] = temporal_scores(r, truth, drift_A, "Ce")
     return out
+
+
+def temporal_scores(r: dict, truth: Sequence[dict], drift_A: np.ndarray,
+                    species: str = "Ce") -> dict:
+    """Flicker and reported depth changes of a predicted series against the truth.
+
+    True columns are followed from frame to frame by their drift-corrected positions
+    (``drift_A`` [Å], ``(T, 2)``, the true drift; within 0.5 Å). For every pair of
+    consecutive frames:
+
+    - a *steady* column (same true depth in both frames) whose predicted columns (the
+      ones matched to it, :func:`~atom3d.evaluation.metrics.match_columns`, in both
+      frames) report different depths is a *flicker*; ``flicker`` = flickers / steady
+      column pairs matched in both frames;
+    - a *true change* (a column whose depth changes, or that vanishes) is *reported*
+      when ``/events`` lists, for the track of the predicted column matched to it in
+      the earlier frame, a ``depth_change`` or ``vanished`` event of the same sign within
+      one frame of the change; ``change_recall`` = reported / true changes.
+
+    Returns
+    -------
+    dict
+        ``flicker``, ``steady_pairs``, ``flickers``, ``changes_true``,
+        ``changes_reported``, ``change_recall`` (NaN when undefined).
+    """
+    from scipy.spatial import cKDTree
+
+    from atom3d.evaluation.metrics import match_columns
+
+    cols, events = r["columns"], r["events"]
+    n = len(truth)
+    matched = []  # per frame: true index -> (predicted depth, track)
+    for t in range(n):
+        sel = np.flatnonzero((cols["frame"] == t) & (cols["species"] == species))
+        true = truth[t][species]
+        pi, ti = match_columns(np.column_stack([cols["x"][sel], cols["y"][sel]]),
+                               np.column_stack([true["x"], true["y"]]), MATCH_DIST_A[species])
+        matched.append({int(j): (int(cols["depth"][sel[i]]), int(cols["track"][sel[i]]))
+                        for i, j in zip(pi, ti, strict=True)})
+    ev = [(int(f), int(k), str(kind), int(b), int(a)) for f, k, kind, b, a in zip(
+        events["frame"], events["track"], events["kind"], events["depth_before"],
+        events["depth_after"], strict=True)]
+    ev_species = [str(sp) for sp in events["species"]]
+    steady = flickers = changes = reported = 0
+    for t in range(n - 1):
+        a, b = truth[t][species], truth[t + 1][species]
+        xa = np.column_stack([a["x"], a["y"]]) - drift_A[t]
+        xb = np.column_stack([b["x"], b["y"]]) - drift_A[t + 1]
+        dist, j = cKDTree(xb).query(xa, distance_upper_bound=0.5) if len(xb) else (
+            np.full(len(xa), np.inf), np.zeros(len(xa), int))
+        for i in range(len(xa)):
+            depth_a = int(a["depth"][i])
+            depth_b = int(b["depth"][j[i]]) if np.isfinite(dist[i]) else 0
+            if depth_a == depth_b:
+                if i in matched[t] and int(j[i]) in matched[t + 1]:
+                    steady += 1
+                    flickers += matched[t][i][0] != matched[t + 1][int(j[i])][0]
+                continue
+            changes += 1
+            if i not in matched[t]:
+                continue
+            track = matched[t][i][1]
+            down = depth_b < depth_a
+            reported += any(
+                k == track and sp == species and kind in ("depth_change", "vanished")
+                and t <= f <= t + 2 and ((after < before) == down)
+                for (f, k, kind, before, after), sp in zip(ev, ev_species, strict=True))
+    nan = float("nan")
+    return {"flicker": flickers / steady if steady else nan, "steady_pairs": steady,
+            "flickers": flickers, "changes_true": changes, "changes_reported": reported,
+            "change_recall": reported / changes if changes else nan}
 
 
 def _percent(v: float) -> str:
@@ -252,6 +327,11 @@ def _print_report(scores: dict, drift_true: np.ndarray, results: str | Path) -> 
         s = scores[species]
         print(f"  {species:<7s}  {_percent(s['f1'])}  {_percent(s['precision'])}   "
               f"{_percent(s['recall'])}   {_percent(s['exact'])}      {_percent(s['within1'])}")
+    if "Ce_time" in scores:
+        tm = scores["Ce_time"]
+        print(f"  Ce over time: flicker {_percent(tm['flicker'])} of {tm['steady_pairs']} steady "
+              f"column-frame pairs; {tm['changes_reported']} of {tm['changes_true']} true depth "
+              f"changes reported as events ({_percent(tm['change_recall'])})")
     print(f"  Ce atoms, true:      {scores['n_ce_true']}")
     print(f"  Ce atoms, predicted: {scores['n_ce_pred']}")
     d_pred = np.column_stack([frames["drift_x"], frames["drift_y"]])
@@ -348,7 +428,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary = predict_series(series, results, predictor, progress=not args.quiet)
     figures = plot_results(results, out / "figures")
     xyz = export_xyz(results, out / "xyz")
-    scores = evaluate_against_truth(results, sim.truth)
+    scores = evaluate_against_truth(results, sim.truth, sim.drift_A)
     _print_report(scores, sim.drift_A, results)
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
               "dose_e_per_A2": args.dose, "simulate_s": round(t_sim, 1),

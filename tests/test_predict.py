@@ -589,3 +589,37 @@ def test_tiles_are_as_few_and_small_as_the_frame_allows(model_dir):
         assert n == len(tile_starts(length, 384, 64))  # no more tiles than the largest size
         assert len(tile_starts(length, tile - m, 64)) > n or tile - m <= 2 * 64  # minimal
     assert predictor._tile_for((512, 512)) == 288
+
+
+def test_temporal_scores_count_flicker_and_reported_changes():
+    from atom3d.demo import temporal_scores
+
+    drift = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    base = np.array([[5.0, 5.0], [10.0, 5.0], [15.0, 5.0]])
+    true_depth = [[4, 6, 3], [4, 6, 3], [4, 5, 0]]  # column 1 loses an atom, 2 vanishes
+    truth = []
+    for t in range(3):
+        keep = np.array(true_depth[t]) > 0
+        xy = base[keep] + drift[t]
+        truth.append({"Ce": {"x": xy[:, 0], "y": xy[:, 1],
+                             "depth": np.array(true_depth[t])[keep]},
+                      "O": {"x": np.zeros(0), "y": np.zeros(0), "depth": np.zeros(0, int)}})
+    pred_depth = [[4, 6, 3], [5, 6, 3], [4, 5, 3]]  # column 0 flickers; 2 is still seen
+    rows = {"frame": [], "species": [], "x": [], "y": [], "depth": [], "track": []}
+    for t in range(3):
+        for i in range(3):
+            rows["frame"].append(t)
+            rows["species"].append("Ce")
+            rows["x"].append(base[i, 0] + drift[t, 0] + 0.1)
+            rows["y"].append(base[i, 1])
+            rows["depth"].append(pred_depth[t][i])
+            rows["track"].append(i)
+    r = {"columns": {k: np.array(v) for k, v in rows.items()},
+         "events": {"frame": np.array([2]), "track": np.array([1]),
+                    "kind": np.array(["depth_change"]), "species": np.array(["Ce"]),
+                    "depth_before": np.array([6]), "depth_after": np.array([5])}}
+    s = temporal_scores(r, truth, drift)
+    # steady pairs: frame 0->1 all three; 1->2 column 0 only (1 changes, 2 vanishes)
+    assert s["steady_pairs"] == 4 and s["flickers"] == 2  # column 0: 4->5 and 5->4
+    assert s["changes_true"] == 2 and s["changes_reported"] == 1
+    assert s["flicker"] == 0.5 and s["change_recall"] == 0.5
