@@ -128,9 +128,12 @@ def test_artifact_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
             assert torch.equal(a, b)
         ce_logits, o_logits = model(x)
     ce, o = artifact.predict_proba(x)
-    torch.testing.assert_close(ce, torch.softmax(ce_logits / 1.5, dim=1))
-    torch.testing.assert_close(o, torch.softmax(o_logits / 0.8, dim=1))
-    torch.testing.assert_close(ce.sum(dim=1), torch.ones(2, 16, 16))
+    for p, z, t in ((ce, ce_logits, 1.5), (o, o_logits, 0.8)):
+        # background as trained; the depth given a column scaled by the temperature
+        torch.testing.assert_close(p[:, 0], torch.softmax(z, dim=1)[:, 0])
+        torch.testing.assert_close(p[:, 1:] / p[:, 1:].sum(dim=1, keepdim=True),
+                                   torch.softmax(z[:, 1:] / t, dim=1))
+        torch.testing.assert_close(p.sum(dim=1), torch.ones(2, 16, 16))
 
 
 def test_config_json_holds_every_field(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@
 ``training_domain``
     Ranges of the simulation parameters seen in training (thickness, defocus, ...).
 ``temperature``
-    Calibration temperature per species, ``{"Ce": T, "O": T}``: probabilities
-    are ``softmax(logits / T)``.
+    Calibration temperature per species, ``{"Ce": T, "O": T}`` of the depth given a
+    column (see :func:`calibrated_softmax`).
 ``atom3d_version``
     Version of atom3d that wrote the artifact.
 ``weights_sha256``
@@ -60,6 +60,28 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Species in head order of :class:`~atom3d.models.unet.UNet`.
 SPECIES = ("Ce", "O")
+
+
+def calibrated_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """Class probabilities with the depth calibrated and the column presence as trained.
+
+    ``p(0) = softmax(z)_0`` (background: column detection is left as trained) and, for
+    k >= 1, ``p(k) = (1 - p(0)) · softmax(z_1..K / T)_k``: temperature scaling of the
+    depth *given a column*, which is the confidence atom3d reports and what the
+    temperature is fitted for (:func:`atom3d.training.export.calibrate_temperature`).
+    Scaling all classes with one temperature would also move the background
+    probability and with it the columns found.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, K + 1, H, W)``, class 0 = background.
+    temperature : float
+        T > 0.
+    """
+    p0 = torch.softmax(logits, dim=1)[:, :1]
+    depth = torch.softmax(logits[:, 1:] / temperature, dim=1)
+    return torch.cat([p0, depth.mul_(1.0 - p0)], dim=1)
 
 
 @dataclass
@@ -117,7 +139,7 @@ class ModelArtifact:
         Returns
         -------
         tuple of Tensor
-            ``softmax(logits / T)`` for Ce ``(B, K_ce + 1, H, W)`` and O
+            :func:`calibrated_softmax` for Ce ``(B, K_ce + 1, H, W)`` and O
             ``(B, K_o + 1, H, W)``, in the model's dtype.
         """
         self.model.eval()
@@ -126,10 +148,8 @@ class ModelArtifact:
         temperature = self.temperature
         with torch.no_grad():
             logits = self.model(x)
-            ce, o = (  # in place: the logits are not needed afterwards
-                torch.softmax(z.div_(temperature[s]), dim=1)
-                for z, s in zip(logits, SPECIES, strict=True)
-            )
+            ce, o = (calibrated_softmax(z, temperature[s])
+                     for z, s in zip(logits, SPECIES, strict=True))
         return ce, o
 
 

@@ -46,7 +46,7 @@ from atom3d.data.dataset import StoreInfo
 from atom3d.data.store import open_store, param
 from atom3d.errors import UserError
 from atom3d.evaluation.metrics import aggregate
-from atom3d.models.artifact import save_artifact
+from atom3d.models.artifact import calibrated_softmax, save_artifact
 from atom3d.training.calibration import fit_temperature
 from atom3d.training.task import SPECIES, ColumnSegmentationTask, hard_labels, score_columns
 
@@ -110,7 +110,8 @@ def calibrate_temperature(net: torch.nn.Module, loader, *, max_pixels: int = 200
         if len(labels) > max_pixels:
             pick = rng.choice(len(labels), max_pixels, replace=False)
             logits, labels = logits[pick], labels[pick]
-        temperature[species] = fit_temperature(logits, labels)
+        # the depth given a column: classes 1..K (see calibrated_softmax)
+        temperature[species] = fit_temperature(logits[:, 1:], labels - 1)
         used[species] = int(len(labels))
     return temperature, used
 
@@ -129,7 +130,7 @@ def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[
         for s, ((species, name), z) in enumerate(zip(SPECIES, logits, strict=True)):
             valid = (batch[f"{name}_weight"] > 0).numpy()
             hard = hard_labels(batch[f"{name}_class"], batch[f"{name}_amp"]).numpy()
-            probs = torch.softmax(z.float() / temperature[species], dim=1).cpu().numpy()
+            probs = calibrated_softmax(z.float(), temperature[species]).cpu().numpy()
             pixels[species] += [valid.sum(), ((probs.argmax(axis=1) == hard) & valid).sum()]
             for i in range(len(pixel)):
                 rows = columns[i]
