@@ -21,8 +21,8 @@ temporary directory, then measures
 ``rss_mb_100``, ``rss_mb_1000``
     peak resident memory [MB] of a subprocess predicting 100 and 1000 frames (its own
     ``VmHWM``); ``rss_frame_loop_mb_*`` is the peak before post-processing (tracking,
-    smoothing), which is what must not grow with the series length; post-processing
-    holds the column table (a few hundred bytes per column) in memory.
+    smoothing). Neither must grow with the series length: the frame loop streams, and
+    post-processing reads and writes the results file one frame at a time.
 
 The model is ``--model`` (default: the packaged ``ceo2-110``); when the default is absent a
 random-weight UNet of the default architecture (base_width 32, depth 4, 20 depth classes
