@@ -134,6 +134,9 @@ def test_artifact_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         torch.testing.assert_close(p[:, 1:] / p[:, 1:].sum(dim=1, keepdim=True),
                                    torch.softmax(z[:, 1:] / t, dim=1))
         torch.testing.assert_close(p.sum(dim=1), torch.ones(2, 16, 16))
+    buffer = torch.full((2, ce.shape[1] + o.shape[1], 16, 16), float("nan"))
+    artifact.predict_proba(x, out=buffer)  # written in place, as predict does
+    torch.testing.assert_close(buffer, torch.cat([ce, o], dim=1))
 
 
 def test_config_json_holds_every_field(tmp_path: Path) -> None:

@@ -192,9 +192,12 @@ class Predictor:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(B, K_ce + 1 + K_o + 1, h, w)`` of a normalised batch."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cpu" and not self.half:  # no copies: written in place
+            out = torch.empty((x.shape[0], sum(self.n_classes), *x.shape[2:]))
+            self.artifact.predict_proba(x, out=out)
+            return out.numpy()
         p_ce, p_o = self.artifact.predict_proba(x)
-        out = torch.cat([p_ce, p_o], dim=1).float().cpu().numpy()
-        return out
+        return torch.cat([p_ce, p_o], dim=1).float().cpu().numpy()
 
     def _tile_for(self, shape: tuple[int, int]) -> int:
         """Tile side for a model-grid image of ``shape``: at most :attr:`tile`.

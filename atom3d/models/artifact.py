@@ -62,7 +62,7 @@ CONFIG_FILE = "config.json"
 SPECIES = ("Ce", "O")
 
 
-def calibrated_softmax(logits: Tensor, temperature: float) -> Tensor:
+def calibrated_softmax(logits: Tensor, temperature: float, out: Tensor | None = None) -> Tensor:
     """Class probabilities with the depth calibrated and the column presence as trained.
 
     ``p(0) = softmax(z)_0`` (background: column detection is left as trained) and, for
@@ -78,10 +78,16 @@ def calibrated_softmax(logits: Tensor, temperature: float) -> Tensor:
         ``(B, K + 1, H, W)``, class 0 = background.
     temperature : float
         T > 0.
+    out : Tensor, optional
+        Where to write the result (same shape as ``logits``); returned.
     """
-    p0 = torch.softmax(logits, dim=1)[:, :1]
-    depth = torch.softmax(logits[:, 1:] / temperature, dim=1)
-    return torch.cat([p0, depth.mul_(1.0 - p0)], dim=1)
+    if out is None:
+        out = torch.empty_like(logits)
+    p0 = out[:, :1]
+    torch.sub(logits[:, :1], torch.logsumexp(logits, dim=1, keepdim=True), out=p0)
+    p0.exp_()
+    torch.mul(torch.softmax(logits[:, 1:] / temperature, dim=1), 1.0 - p0, out=out[:, 1:])
+    return out
 
 
 @dataclass
@@ -127,7 +133,7 @@ class ModelArtifact:
         """SHA-256 (hex) of ``model.safetensors``."""
         return str(self.config["weights_sha256"])
 
-    def predict_proba(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def predict_proba(self, x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Calibrated class probabilities per species.
 
         Parameters
@@ -148,8 +154,13 @@ class ModelArtifact:
         temperature = self.temperature
         with torch.no_grad():
             logits = self.model(x)
-            ce, o = (calibrated_softmax(z, temperature[s])
-                     for z, s in zip(logits, SPECIES, strict=True))
+            if out is None:
+                ce, o = (calibrated_softmax(z, temperature[s])
+                         for z, s in zip(logits, SPECIES, strict=True))
+            else:  # Ce classes then O classes, written in place
+                k = logits[0].shape[1]
+                ce = calibrated_softmax(logits[0], temperature["Ce"], out=out[:, :k])
+                o = calibrated_softmax(logits[1], temperature["O"], out=out[:, k:])
         return ce, o
 
 
