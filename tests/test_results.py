@@ -342,3 +342,27 @@ def test_every_table_field_exists_even_without_rows(tmp_path):
                                    "depth_after", "confidence"]
     assert res["frames"]["frame"].tolist() == [0] and np.isnan(res["frames"]["drift_x"][0])
     assert res["frames"]["n_ce"].tolist() == [-1]  # not given
+
+
+def test_row_ranges_after_frames_written_out_of_order(tmp_path):
+    """sort_by_frame stores rows in frame order; bounds and row ranges then read one frame."""
+    with ResultsWriter(tmp_path / "r.h5", shape=(H, W), n_frames=4, attrs=ATTRS) as w:
+        for i in (2, 0, 3, 1):
+            w.write_frame(i, **frame_data(i))
+        with pytest.raises(ValueError, match="frame order"):
+            w.column_frame_bounds()
+        w.sort_by_frame()
+        bounds = w.column_frame_bounds()
+        assert list(np.diff(bounds)) == [2 + i for i in range(4)]
+        for t in range(4):
+            rows = w.read_column_rows(int(bounds[t]), int(bounds[t + 1]), ("frame", "x", "species"))
+            assert set(rows["frame"].tolist()) == {t}
+            np.testing.assert_allclose(rows["x"], frame_data(t)["columns"]["x"])
+            assert list(rows["species"]) == list(frame_data(t)["columns"]["species"])
+        w.write_column_rows(int(bounds[1]), int(bounds[2]), {"track": np.arange(3)})
+        with pytest.raises(ValueError, match="cannot be changed"):
+            w.write_column_rows(0, 2, {"species": np.array(["O", "O"])})
+        assert list(w.read_frames()["frame"]) == [0, 1, 2, 3]
+        track = w.read_columns()["track"]
+    assert list(track[bounds[1]:bounds[2]]) == [0, 1, 2]
+    assert np.all(track[: bounds[1]] == -1)

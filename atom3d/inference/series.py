@@ -53,6 +53,7 @@ Extra ``/columns`` fields
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import math
@@ -308,10 +309,10 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     Everything is computed from the rows stored in the (partial) results file, so that a
     resumed run finishes into the same file as an uninterrupted one. The file is read
     and written one frame at a time, so memory does not grow with the series: a pass
-    over the frames for the drift, one per species for linking and the forward half of
-    the HMM (:class:`~atom3d.inference.tracking.ViterbiForward`, whose per-column
-    back-pointers go to an anonymous scratch file beside the output), and one pass in
-    reverse for the smoothed depths and the events
+    over the frames for the drift, one for linking and the forward half of the HMM of
+    both species (:class:`~atom3d.inference.tracking.ViterbiForward`; the per-column
+    back-pointers go to anonymous scratch files beside the output), and one in reverse
+    for the smoothed depths and the events
     (:class:`~atom3d.inference.tracking.ViterbiBackward`). The result equals that of
     :func:`~atom3d.inference.tracking.link_tracks`,
     :func:`~atom3d.inference.tracking.smooth_track_depths` and
@@ -339,31 +340,30 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     link_drift = _filled(drift)
 
     scratch_dir = writer.partial_path.parent
-    with tempfile.TemporaryFile(prefix=".atom3d-scratch-", dir=scratch_dir) as scratch:
-        # forward: link and run the HMM forward, species by species
-        layout: dict[str, tuple[int, np.dtype, np.ndarray]] = {}
-        next_id = 0
-        for species in _SPECIES:
-            k = classes[species]
-            record = np.dtype([("id", "<i4"), ("best", "u1"), ("first", "?"),
-                               ("chain", "u1", (k,))])
-            linker = TrackLinker(LINK_MAX_DIST_A[species], max_gap=LINK_MAX_GAP,
-                                 first_id=next_id)
-            forward = ViterbiForward(k, SWITCH_PROB, MAX_STEP, max_gap=LINK_MAX_GAP)
-            start = scratch.tell()
-            counts = np.zeros(n_frames + 1, np.int64)
-            for t in range(n_frames):
-                r = rows(t, ("x", "y", "species", *p_fields[:k]))
+    records = {sp: np.dtype([("id", "<i4"), ("best", "u1"), ("first", "?"),
+                             ("chain", "u1", (classes[sp],))]) for sp in _SPECIES}
+    with contextlib.ExitStack() as stack:
+        scratch = {sp: stack.enter_context(tempfile.TemporaryFile(
+            prefix=".atom3d-scratch-", dir=scratch_dir)) for sp in _SPECIES}
+        # forward, one read of every frame: link and run the HMM forward per species.
+        # Ids are numbered per species here; O ids move past the Ce ids below.
+        linkers = {sp: TrackLinker(LINK_MAX_DIST_A[sp], max_gap=LINK_MAX_GAP) for sp in _SPECIES}
+        forwards = {sp: ViterbiForward(classes[sp], SWITCH_PROB, MAX_STEP, max_gap=LINK_MAX_GAP)
+                    for sp in _SPECIES}
+        offsets = {sp: np.zeros(n_frames + 1, np.int64) for sp in _SPECIES}
+        for t in range(n_frames):
+            r = rows(t, ("x", "y", "species", *p_fields))
+            for species in _SPECIES:
                 sel = r["species"] == species
-                ids = linker.step(r["x"][sel], r["y"][sel], link_drift[t])
-                out = np.empty(len(ids), record)
+                ids = linkers[species].step(r["x"][sel], r["y"][sel], link_drift[t])
+                out = np.empty(len(ids), records[species])
                 out["id"] = ids
-                out["best"], out["first"], out["chain"] = forward.step(
-                    ids, _depth_posteriors(r, sel, k))
-                scratch.write(out.tobytes())
-                counts[t + 1] = len(ids)
-            layout[species] = (start, record, np.cumsum(counts))
-            next_id = linker.next_id
+                out["best"], out["first"], out["chain"] = forwards[species].step(
+                    ids, _depth_posteriors(r, sel, classes[species]))
+                scratch[species].write(out.tobytes())
+                offsets[species][t + 1] = offsets[species][t] + len(ids)
+        first_id = {"Ce": 0, "O": linkers["Ce"].next_id}
+        next_id = linkers["Ce"].next_id + linkers["O"].next_id
 
         # backward: smoothed depths, events, per-frame atom counts
         backward = {sp: ViterbiBackward(n_frames, first_depth=1, species=sp, smooth=smooth,
@@ -378,15 +378,15 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
             depth = r["depth_frame"].astype(np.int64)
             confidence = r["confidence_frame"].astype(np.float64)
             for species in _SPECIES:
-                start, record, offsets = layout[species]
+                record, (lo, hi) = records[species], offsets[species][t:t + 2]
                 sel = r["species"] == species
-                scratch.seek(start + int(offsets[t]) * record.itemsize)
-                rec = np.frombuffer(scratch.read(int(offsets[t + 1] - offsets[t]) * record.itemsize),
-                                    record)
+                scratch[species].seek(int(lo) * record.itemsize)
+                rec = np.frombuffer(scratch[species].read(int(hi - lo) * record.itemsize), record)
+                ids = rec["id"].astype(np.int64) + first_id[species]
                 d, c = backward[species].step(
-                    rec["id"], _depth_posteriors(r, sel, classes[species]), rec["best"],
+                    ids, _depth_posteriors(r, sel, classes[species]), rec["best"],
                     rec["first"], rec["chain"], depth[sel], confidence[sel])
-                track[sel] = rec["id"]
+                track[sel] = ids
                 depth[sel] = d
                 confidence[sel] = c
             if n:

@@ -725,19 +725,6 @@ class ResultsWriter:
         """Number of ``/columns`` rows written so far."""
         return int(self._tables["columns"].n_rows)
 
-    def update_columns(self, values: Mapping[str, Any]) -> None:
-        """Overwrite or add ``/columns`` fields for all rows.
-
-        Parameters
-        ----------
-        values : dict of array_like
-            Field name -> one value per row of :meth:`read_columns`, in that order.
-        """
-        for name, field in values.items():
-            if name in ("frame", "species"):
-                raise ValueError(f"update_columns: {name!r} cannot be changed")
-            self._set_sorted_field("columns", name, field)
-
     def sort_by_frame(self) -> None:
         """Store the rows of ``/columns`` and ``/frames`` in frame order.
 
