@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 from atom3d.data.dataset import (  # noqa: E402
     ColumnDataset,
+    expected_frame_stats,
     image_indices,
     read_store_info,
     render_item,
@@ -25,7 +26,12 @@ from atom3d.data.dataset import (  # noqa: E402
 )
 from atom3d.data.noise import expected_counts  # noqa: E402
 from atom3d.data.store import open_store, structure_columns  # noqa: E402
-from atom3d.data.transforms import resampled_shape  # noqa: E402
+from atom3d.data.transforms import (  # noqa: E402
+    resample,
+    resample_block,
+    resampled_shape,
+    source_window,
+)
 from atom3d.models.artifact import calibrated_softmax, load_artifact  # noqa: E402
 from atom3d.training.task import ColumnSegmentationTask, hard_labels  # noqa: E402
 
@@ -111,6 +117,71 @@ def test_render_item_pads_by_reflection_with_zero_weight():
     assert np.all(item["ce_weight"][~valid] == 0) and np.all(item["ce_class"][~valid] == 0)
     assert np.array_equal(item["image"][5], item["image"][7])  # reflected about row 6
     assert item["ce_class"][6 + 5, 6 + 5] == 2
+
+
+@pytest.mark.parametrize("p_det, grid", [(0.15, 0.2 * 1.03), (0.3, 0.2 * 0.97), (0.2, 0.2)])
+def test_resample_block_from_a_window_equals_the_crop_of_the_whole_resample(p_det, grid):
+    image = np.random.default_rng(2).random((90, 70)).astype(np.float32)
+    whole = resample(image, p_det, grid)
+    for (r0, c0), (h, w) in [((0, 0), whole.shape), ((5, 9), (20, 16)),
+                             ((whole.shape[0] - 12, whole.shape[1] - 8), (12, 8))]:
+        a0, a1 = source_window(image.shape[0], p_det, grid, r0, r0 + h)
+        b0, b1 = source_window(image.shape[1], p_det, grid, c0, c0 + w)
+        block = resample_block(image[a0:a1, b0:b1], (a0, b0), p_det, grid, (r0, c0), (h, w))
+        np.testing.assert_allclose(block, whole[r0:r0 + h, c0:c0 + w], atol=1e-5)
+        if (h, w) != whole.shape:  # a real sub-window, not the whole image
+            assert (a1 - a0) * (b1 - b0) < image.size
+
+
+@pytest.mark.parametrize("dose, p_det, grid", [(50.0, 0.15, 0.206), (2000.0, 0.3, 0.194)])
+def test_expected_frame_stats_match_the_statistics_of_noisy_frames(dose, p_det, grid):
+    yy, xx = np.mgrid[0:96, 0:96] * p_det
+    clean = (1 + 0.3 * np.cos(2 * np.pi * xx / 3.8) * np.cos(2 * np.pi * yy / 2.7)).astype(np.float32)
+    lam = expected_counts(clean, dose, p_det)
+    mean, std = expected_frame_stats(lam, p_det, grid)
+    rng = np.random.default_rng(3)
+    stats = np.array([(f.mean(), f.std()) for f in
+                      (resample(rng.poisson(lam).astype(np.float32), p_det, grid)
+                       for _ in range(60))])
+    assert mean == pytest.approx(stats[:, 0].mean(), rel=2e-3)
+    assert std == pytest.approx(stats[:, 1].mean(), rel=5e-3)
+    # the noise term matters: without it the standard deviation would be far too small
+    noiseless = resample(lam, p_det, grid).std()
+    assert std > 1.05 * noiseless
+
+
+class _MeanRng:
+    """A generator whose Poisson draw is its mean: makes the noisy paths deterministic."""
+
+    def poisson(self, lam):
+        return np.asarray(lam, np.float64)
+
+
+def test_training_window_equals_the_crop_of_the_whole_normalised_frame(tiny_store):
+    ds = ColumnDataset(tiny_store, crop_px=32, size_multiple=4)
+    index = 1
+    p_det = float(ds._pixel[index])
+    grid = 0.2 * 1.02
+    clean = ds.clean_image(index)
+    lam = expected_counts(clean, 700.0, p_det)
+    shape = resampled_shape(clean.shape, p_det, grid)
+    origin = (shape[0] - 32 - 3, 5)
+    window = ds._train_window(index, 700.0, 1.2, grid, origin, _MeanRng())
+    whole = resample(lam * np.float32(1.2), p_det, grid)
+    mean, std = expected_frame_stats(lam, p_det, grid)
+    ref = (whole - mean * 1.2) / (std * 1.2)
+    np.testing.assert_allclose(window, ref[origin[0]:origin[0] + 32, origin[1]:origin[1] + 32],
+                               atol=1e-4)
+    assert ds._train_window(index, 700.0, 1.0, grid, (-1, 0), _MeanRng()) is None  # padding
+
+
+def test_cached_images_are_the_stored_ones_and_do_not_pickle(tiny_store):
+    ds = ColumnDataset(tiny_store, crop_px=32, size_multiple=4, cache_images=True)
+    first = ds.clean_image(2)
+    assert ds.clean_image(2) is first
+    np.testing.assert_array_equal(first, open_store(tiny_store)["image"][2])
+    assert pickle.loads(pickle.dumps(ds))._images == {}
+    assert ColumnDataset(tiny_store, crop_px=32, size_multiple=4)._images == {}
 
 
 # --------------------------------------------------------------------------- dataset
@@ -252,6 +323,7 @@ def test_cli_fit_writes_checkpoints_and_metrics_resumes_and_exports(tiny_store, 
     assert train_main(args + ["--trainer.max_epochs", "1"]) == 0
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
+    assert len(list(last.parent.glob("epoch000-step2*.ckpt"))) == 1  # the best one
     runs = tmp_path / "runs" / "tiny"
     header = (runs / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("train/loss_step", "val/loss", "val/ce_pixel_acc", "val/ce_f1", "val/ce_exact",
@@ -262,6 +334,13 @@ def test_cli_fit_writes_checkpoints_and_metrics_resumes_and_exports(tiny_store, 
     epochs = {row.split(",")[0] for row in resumed} - {""}
     assert epochs == {"1"}  # resumed after epoch 0, not restarted
     assert torch.load(last, weights_only=True)["global_step"] == 4
+    # last.ckpt follows every epoch even when the monitored value never improves
+    # (the smallest epoch is the first one: it stays "best" for good)
+    worse = _cli_args(tiny_store, tmp_path / "worse", "--checkpoint.monitor", "epoch",
+                      "--checkpoint.mode", "min")
+    assert train_main(worse + ["--trainer.max_epochs", "3"]) == 0
+    assert torch.load(tmp_path / "worse" / "checkpoints" / "last.ckpt",
+                      weights_only=True)["global_step"] == 6
 
     from atom3d.training.main import export_main
 

@@ -50,7 +50,40 @@ def resample(image: np.ndarray, pixel_in_A: float, pixel_out_A: float, *, order:
     return ndimage.map_coordinates(src, [rr, cc], order=order, mode="nearest").astype(np.float32)
 
 
-def _interp_axis(a: np.ndarray, coords: np.ndarray, axis: int, order: int) -> np.ndarray:
+def source_window(n_in: int, pixel_in_A: float, pixel_out_A: float, lo: int,
+                  hi: int) -> tuple[int, int]:
+    """Input pixels ``[a, b)`` that bilinear output pixels ``lo … hi − 1`` read (one axis).
+
+    For an axis of ``n_in`` input pixels resampled as :func:`resample` does (output
+    pixel i samples input coordinate i·p_out/p_in, no anti-alias smoothing).
+    """
+    f = pixel_out_A / pixel_in_A
+    return max(int(np.floor(lo * f)), 0), min(int(np.floor((hi - 1) * f)) + 2, n_in)
+
+
+def resample_block(window: np.ndarray, offset: tuple[int, int], pixel_in_A: float,
+                   pixel_out_A: float, origin: tuple[int, int], size: tuple[int, int], *,
+                   squared_weights: bool = False) -> np.ndarray:
+    """Output pixels ``[r0, r0 + h) × [c0, c0 + w)`` of a bilinear :func:`resample`, from a part.
+
+    ``window`` is the part of the input image that starts at input pixel ``offset`` and
+    holds at least the :func:`source_window` of the block on both axes. The result
+    equals ``resample(image, pixel_in_A, pixel_out_A)[r0:r0 + h, c0:c0 + w]`` whenever
+    :func:`resample` does not smooth first (``pixel_out_A ≤ 1.5 · pixel_in_A``) and the
+    block lies inside the output grid. ``squared_weights`` interpolates with the
+    squares of the bilinear weights: applied to Poisson means it gives the noise
+    variance of every output pixel.
+    """
+    f = pixel_out_A / pixel_in_A
+    (r0, c0), (h, w) = origin, size
+    r = np.arange(r0, r0 + h, dtype=np.float64) * f - offset[0]
+    c = np.arange(c0, c0 + w, dtype=np.float64) * f - offset[1]
+    out = _interp_axis(np.asarray(window, np.float32), r, 0, 1, squared_weights)
+    return _interp_axis(out, c, 1, 1, squared_weights)
+
+
+def _interp_axis(a: np.ndarray, coords: np.ndarray, axis: int, order: int,
+                 squared_weights: bool = False) -> np.ndarray:
     n = a.shape[axis]
     coords = np.clip(coords, 0, n - 1)
     if order == 0:
@@ -61,6 +94,9 @@ def _interp_axis(a: np.ndarray, coords: np.ndarray, axis: int, order: int) -> np
     shape = [1] * a.ndim
     shape[axis] = -1
     w = w.reshape(shape)
+    if squared_weights:
+        return (np.take(a, i0, axis=axis) * (1 - w) ** 2
+                + np.take(a, i1, axis=axis) * w**2).astype(np.float32)
     return (np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w).astype(np.float32)
 
 

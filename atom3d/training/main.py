@@ -10,9 +10,10 @@
 The schema of the config is the code's own signatures: ``model:`` =
 :class:`atom3d.training.task.ColumnSegmentationTask`, ``data:`` =
 :class:`atom3d.data.datamodule.ColumnDataModule`, ``trainer:`` = Lightning's ``Trainer``,
-``checkpoint:`` = :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (always on,
-``save_last`` so ``--ckpt_path last`` resumes; set ``checkpoint.dirpath`` to a fixed
-folder so "last" is found), ``lr_monitor:`` =
+``checkpoint:`` = :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (always on: the
+best ``val/loss`` is kept, and ``last.ckpt`` is rewritten after every training epoch
+whether or not the loss improved, so ``--ckpt_path last`` loses at most one epoch; set
+``checkpoint.dirpath`` to a fixed folder so "last" is found), ``lr_monitor:`` =
 :class:`~lightning.pytorch.callbacks.LearningRateMonitor`. ``model.max_depth`` and
 ``model.class_frequencies`` are taken from the dataset, ``data.size_multiple`` from
 ``model.depth``. ``--export DIR`` (or ``export: DIR`` in the config) calibrates the
@@ -43,11 +44,38 @@ def _cli_class():
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
+    class EpochCheckpoint(ModelCheckpoint):
+        """ModelCheckpoint whose ``last.ckpt`` follows every epoch, improved or not.
+
+        Lightning writes ``last.ckpt`` only when a top-k checkpoint is saved, so a run
+        whose monitored loss has not improved for a while (e.g. after a learning-rate
+        restart) would resume from long ago.
+        """
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            super().on_train_epoch_end(trainer, pl_module)
+            self._save_last_now(trainer)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            super().on_validation_end(trainer, pl_module)
+            self._save_last_now(trainer)
+
+        def _save_last_now(self, trainer) -> None:
+            # Skipped when a checkpoint of this step exists already (then last.ckpt is
+            # current). The top-k bookkeeping is left alone: a validation that ends at
+            # the same step still saves its best checkpoint.
+            if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+                return
+            path = self.format_checkpoint_name(self._monitor_candidates(trainer),
+                                               self.CHECKPOINT_NAME_LAST)
+            self.last_model_path = path
+            trainer.save_checkpoint(path, self.save_weights_only)
+
     class Atom3dCLI(LightningCLI):
         """LightningCLI with checkpointing, dataset-derived heads and ``--export``."""
 
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
             parser.set_defaults({
                 "checkpoint.save_last": True,
                 "checkpoint.monitor": "val/loss",
