@@ -94,7 +94,7 @@ def column_targets(xy_A: np.ndarray, depth: np.ndarray, shape: tuple[int, int],
     gx = np.exp(-((c0[:, None] + offsets - cx[:, None]) ** 2) * k2)
     gy = np.exp(-((r0[:, None] + offsets - cy[:, None]) ** 2) * k2)
     for i, (a0, a1, b0, b1, k) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(),
-                                                c1.tolist(), depth.tolist())):
+                                                c1.tolist(), depth.tolist(), strict=True)):
         if b0 >= b1 or a0 >= a1:
             continue
         a = gy[i, :a1 - a0, None] * gx[i, None, :b1 - b0]
