@@ -17,13 +17,14 @@ One item is made from one noise-free image of the store (see :mod:`atom3d.data.s
 4. **Normalisation** of the whole resampled frame with
    :func:`atom3d.data.transforms.normalize` (the very function prediction uses).
 
-   Training items take a shortcut with the same result up to a fraction of a per cent:
-   only the detector pixels under the crop are drawn and resampled, and the frame's
-   mean and standard deviation are their expectations over the Poisson noise, computed
-   from the noise-free image (:func:`expected_frame_stats`). A real frame's own mean
-   and standard deviation differ from these by a relative ~1/sqrt(counts in the frame)
-   (≤ 0.3 % at 50 e/Å² on a 256² frame), far below the gain and pixel-size jitter the
-   network is trained to ignore; the shortcut draws 4–10× fewer Poisson numbers.
+   Training items take a shortcut with the same result up to about a per cent: only the
+   detector pixels under the crop are drawn and resampled, and the frame's mean and
+   standard deviation are their expectations over the Poisson noise, computed from the
+   noise-free image (:func:`expected_frame_stats`). A real noisy frame's own statistics
+   scatter around these (measured on 60 frames of the default set at 58–20 000 e/Å²:
+   mean within 0.011 standard deviations, standard deviation within 0.7 %), less than
+   the frame-to-frame variation a 3 % pixel-size error causes; the shortcut draws 4–10×
+   fewer Poisson numbers.
 5. **Crop** of ``crop_px`` × ``crop_px`` pixels: random (training) or centred
    (validation). A crop larger than the image is filled by reflection, as the
    inference tiler does, and those pixels get class 0 and loss weight 0.
