@@ -22,9 +22,8 @@ One item is made from one noise-free image of the store (see :mod:`atom3d.data.s
    standard deviation are their expectations over the Poisson noise, computed from the
    noise-free image (:func:`expected_frame_stats`). A real noisy frame's own statistics
    scatter around these (measured on 60 frames of the default set at 58–20 000 e/Å²:
-   mean within 0.011 standard deviations, standard deviation within 0.7 %), less than
-   the frame-to-frame variation a 3 % pixel-size error causes; the shortcut draws 4–10×
-   fewer Poisson numbers.
+   mean within 0.011 standard deviations, standard deviation within 0.7 %); the
+   shortcut draws 4–10× fewer Poisson numbers.
 5. **Crop** of ``crop_px`` × ``crop_px`` pixels: random (training) or centred
    (validation). A crop larger than the image is filled by reflection, as the
    inference tiler does, and those pixels get class 0 and loss weight 0.
