@@ -8,6 +8,7 @@ import torch
 
 from atom3d.training.calibration import (
     expected_calibration_error,
+    fit_pooled_temperature,
     fit_temperature,
     reliability_curve,
 )
@@ -94,3 +95,38 @@ def test_bad_inputs_are_rejected() -> None:
         expected_calibration_error(np.array([0.5, 0.5]), np.array([True]))
     with pytest.raises(ValueError):
         fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
+
+
+def _pooled_set(n: int = 6000, m: int = 9, n_classes: int = 6, seed: int = 3):
+    """Pixel logits of n items (m pixels each), weights, and labels drawn from the
+    weighted mean of the pixels' softmax: calibrated at the item level by construction."""
+    rng = np.random.default_rng(seed)
+    centre = 2.0 * rng.standard_normal((n, 1, n_classes))
+    logits = centre + 0.8 * rng.standard_normal((n, m, n_classes))
+    weights = rng.uniform(0.1, 1.0, (n, m))
+    p = np.exp(logits - logits.max(axis=2, keepdims=True))
+    p /= p.sum(axis=2, keepdims=True)
+    q = (weights[..., None] * p).sum(axis=1) / weights.sum(axis=1)[:, None]
+    labels = np.array([rng.choice(n_classes, p=row) for row in q])
+    return logits, weights, labels
+
+
+def test_pooled_temperature_is_one_on_a_pooled_calibrated_set_and_repairs_overconfidence():
+    logits, weights, labels = _pooled_set()
+    assert fit_pooled_temperature(logits, weights, labels) == pytest.approx(1.0, abs=0.1)
+    assert fit_pooled_temperature(2.5 * logits, weights, labels) == pytest.approx(2.5, rel=0.1)
+    # one pixel per item: the same answer as the plain temperature fit
+    single = logits[:, :1]
+    plain = fit_temperature(torch.as_tensor(3.0 * single[:, 0]), torch.as_tensor(labels))
+    pooled = fit_pooled_temperature(3.0 * single, weights[:, :1], labels)
+    assert pooled == pytest.approx(plain, rel=0.01)
+
+
+def test_pooled_temperature_rejects_bad_input():
+    logits, weights, labels = _pooled_set(n=10)
+    with pytest.raises(ValueError, match="logits"):
+        fit_pooled_temperature(logits[:, 0], weights, labels)
+    with pytest.raises(ValueError, match="weight"):
+        fit_pooled_temperature(logits, np.zeros_like(weights), labels)
+    with pytest.raises(ValueError, match="labels"):
+        fit_pooled_temperature(logits, weights, labels + 10)

@@ -348,7 +348,12 @@ def test_cli_fit_writes_checkpoints_and_metrics_resumes_and_exports(tiny_store, 
     assert export_main([str(last), "-o", str(out)]) == 0
     config = load_artifact(out).config
     assert config["metrics"]["checkpoint"]["global_step"] == 4
-    assert config["metrics"]["calibration"]["n_pixels"]["Ce"] > 0
+    calibration = config["metrics"]["calibration"]
+    assert calibration["n_pixels"]["Ce"] > 0 and set(calibration["n_columns"]) == {"Ce", "O"}
+    # too few matched columns in the tiny set: the pixel temperature is shipped
+    for species in ("Ce", "O"):
+        if calibration["n_columns"][species] < 100:
+            assert config["temperature"][species] == calibration["temperature_pixels"][species]
 
 
 def test_cli_user_errors_are_one_line(tiny_store, tmp_path, monkeypatch, capsys):
@@ -412,3 +417,31 @@ def test_ddp_two_cpu_processes(tiny_store, tmp_path):
     assert "distributed_backend=gloo" in run.stderr + run.stdout
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert load_artifact(tmp_path / "model").classes == {"Ce": 12, "O": 12}
+
+
+def test_pooled_depth_confidence_is_the_weighted_mean_calibrate_columns_fits():
+    """find_columns' column confidence == Σ w·(1 − p0)·softmax(z_1..K / T) / Σ w·(1 − p0)
+    over pool_support: the quantity calibrate_columns fits the temperature on."""
+    from atom3d.inference.columns import find_columns, pool_support
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 6, 40, 40, generator=g) * 0.5
+    z[0, 0] += 5.0  # background everywhere but at the two columns
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    for r0, c0, k in [(10.3, 12.6, 2), (25.0, 28.4, 4)]:
+        blob = torch.exp(-((yy - r0) ** 2 + (xx - c0) ** 2) / 8.0)
+        z[0, 0] -= 11 * blob
+        z[0, k] += 3 * blob + 0.3 * torch.randn(40, 40, generator=g)
+    T = 1.7
+    probs = calibrated_softmax(z, T)[0].numpy()
+    table = find_columns(probs, 0.2, 1.6)
+    assert len(table) == 2
+    presence = 1.0 - probs[0].astype(np.float64)
+    centres = np.stack([table.y_A, table.x_A], axis=1) / 0.2
+    pix, w = pool_support(presence, centres, 0.4 / 0.2)
+    r, c = pix[..., 0], pix[..., 1]
+    q = torch.softmax(z[0, 1:, r, c].permute(1, 2, 0).double() / T, dim=2).numpy()
+    weight = w * presence[r, c]
+    given = (weight[..., None] * q).sum(axis=1) / weight.sum(axis=1)[:, None]
+    np.testing.assert_allclose(given.max(axis=1), table.confidence, rtol=1e-4)
+    np.testing.assert_array_equal(given.argmax(axis=1) + 1, table.depth)

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["ColumnTable", "find_columns", "maps_from_probs"]
+__all__ = ["ColumnTable", "find_columns", "maps_from_probs", "pool_support"]
 
 
 @dataclass(frozen=True)
@@ -241,10 +241,26 @@ def _refine_centroid(smooth: np.ndarray, peaks: np.ndarray, radius_px: float) ->
     return peaks + np.where(total[:, None] > 0, shift, 0.0)
 
 
-def _pool(
-    probs: np.ndarray, presence: np.ndarray, centres: np.ndarray, radius_px: float
-) -> np.ndarray:
-    """Presence-weighted mean class probabilities within ``radius_px`` of each centre."""
+def pool_support(presence: np.ndarray, centres: np.ndarray,
+                 radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and weights over which :func:`find_columns` pools each column's probabilities.
+
+    Parameters
+    ----------
+    presence : numpy.ndarray
+        ``(H, W)`` column presence ``1 - p0``.
+    centres : numpy.ndarray
+        ``(N, 2)`` refined centres ``(r, c)`` [px].
+    radius_px : float
+        Pooling radius [px]; the pixel nearest the centre is always included.
+
+    Returns
+    -------
+    pixels : numpy.ndarray
+        ``(N, M, 2)`` int pixel indices ``(r, c)``, clipped into the image.
+    weights : numpy.ndarray
+        ``(N, M)`` float64: the presence (+1e-12) inside the disc and the image, else 0.
+    """
     base = np.rint(centres).astype(np.intp)
     offsets = _disc_offsets(radius_px)
     pixels = base[:, None, :] + offsets[None]
@@ -252,6 +268,16 @@ def _pool(
     in_disc = (distance <= radius_px) | np.all(offsets == 0, axis=1)[None]
     weights, inside = _gather(presence, pixels)
     weights = np.where(in_disc & inside, np.clip(weights, 0.0, None) + 1e-12, 0.0)
+    pixels = np.stack([np.clip(pixels[..., 0], 0, presence.shape[0] - 1),
+                       np.clip(pixels[..., 1], 0, presence.shape[1] - 1)], axis=-1)
+    return pixels, weights
+
+
+def _pool(
+    probs: np.ndarray, presence: np.ndarray, centres: np.ndarray, radius_px: float
+) -> np.ndarray:
+    """Presence-weighted mean class probabilities within ``radius_px`` of each centre."""
+    pixels, weights = pool_support(presence, centres, radius_px)
     class_values, _ = _gather(probs, pixels)  # (K + 1, N, M)
     pooled = (class_values * weights[None]).sum(axis=2).T / weights.sum(axis=1)[:, None]
     return pooled / pooled.sum(axis=1, keepdims=True)

@@ -75,6 +75,66 @@ def fit_temperature(
     return float(np.clip(temperature, *bounds))
 
 
+def fit_pooled_temperature(
+    logits: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> float:
+    """Temperature ``T`` minimising the NLL of weighted means of ``softmax(logits / T)``.
+
+    For the confidence of a *column*: :func:`atom3d.inference.columns.find_columns`
+    reports the weighted mean of the per-pixel probabilities over the column's core, and
+    the temperature that calibrates single pixels is not the one that calibrates their
+    mean (averaging already softens). Item ``n`` has the probabilities
+    ``q_n = Σ_m w_nm softmax(z_nm / T) / Σ_m w_nm`` and the NLL is ``−mean log q_n[y_n]``,
+    minimised over ``log T`` within ``bounds`` (bounded Brent search, float64).
+
+    Parameters
+    ----------
+    logits : array_like
+        ``(N, M, C)`` logits of the M pooled pixels of each of N items.
+    weights : array_like
+        ``(N, M)`` non-negative pooling weights (each row with a positive sum).
+    labels : array_like
+        ``(N,)`` integer true classes in ``0 … C − 1``.
+    bounds : tuple of float
+        Smallest and largest temperature considered.
+
+    Returns
+    -------
+    float
+        The fitted temperature; > 1 means the pooled probabilities were over-confident.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = torch.as_tensor(np.asarray(logits, np.float64))
+    w = torch.as_tensor(np.asarray(weights, np.float64))
+    y = torch.as_tensor(np.asarray(labels, np.int64))
+    if z.ndim != 3 or w.shape != z.shape[:2] or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits (N, M, C), weights (N, M) and labels (N,) with N > 0, "
+                         f"got {tuple(z.shape)}, {tuple(w.shape)}, {tuple(y.shape)}")
+    if not (torch.isfinite(z).all() and torch.isfinite(w).all()) or (w < 0).any():
+        raise ValueError("logits must be finite and weights finite and >= 0")
+    total = w.sum(dim=1)
+    if (total <= 0).any():
+        raise ValueError("every item needs a positive total weight")
+    if (y < 0).any() or (y >= z.shape[2]).any():
+        raise ValueError(f"labels must be in 0 … {z.shape[2] - 1}")
+    w = w / total[:, None]
+    index = y[:, None, None].expand(-1, z.shape[1], 1)
+
+    def nll(log_t: float) -> float:
+        scaled = z / np.exp(log_t)
+        p_true = torch.exp(scaled.gather(2, index)[..., 0] - torch.logsumexp(scaled, dim=2))
+        return float(-torch.log((w * p_true).sum(dim=1).clamp_min(1e-300)).mean())
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    result = minimize_scalar(nll, bounds=(lo, hi), method="bounded",
+                             options={"xatol": 1e-4})
+    return float(np.clip(np.exp(result.x), *bounds))
+
+
 def _to_numpy(x: ArrayLike | Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 

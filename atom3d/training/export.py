@@ -13,6 +13,14 @@ Calibration
     columns) are made of column-core pixels, so that is where the probabilities must be
     right. At most ``max_pixels`` pixels per species are used (a seeded subsample).
 
+    That pixel temperature is then refined where it matters
+    (:func:`calibrate_columns`): a column's reported confidence is the presence-weighted
+    mean of its core pixels' probabilities, and the temperature that calibrates single
+    pixels need not calibrate their mean. With at least ``MIN_CALIBRATION_COLUMNS`` validation columns found and matched to
+    the truth, the shipped temperature minimises the NLL of the pooled depth-given-column
+    distribution of those columns; both temperatures are stored in the artifact's
+    ``metrics.calibration``.
+
 Validation figures
     With the fitted temperature, every validation image is run through
     :func:`atom3d.training.task.score_columns` and the results pooled with
@@ -45,12 +53,20 @@ from atom3d.data.datamodule import ColumnDataModule
 from atom3d.data.dataset import StoreInfo
 from atom3d.data.store import open_store, param
 from atom3d.errors import UserError
-from atom3d.evaluation.metrics import aggregate
+from atom3d.evaluation.metrics import aggregate, match_columns
+from atom3d.inference.columns import find_columns, pool_support
 from atom3d.models.artifact import calibrated_softmax, save_artifact
-from atom3d.training.calibration import fit_temperature
-from atom3d.training.task import SPECIES, ColumnSegmentationTask, hard_labels, score_columns
+from atom3d.training.calibration import fit_pooled_temperature, fit_temperature
+from atom3d.training.task import (
+    SPECIES,
+    ColumnSegmentationTask,
+    hard_labels,
+    score_columns,
+    scored_region,
+)
 
-__all__ = ["calibrate_temperature", "evaluate_columns", "export_checkpoint", "export_main",
+__all__ = ["calibrate_columns", "calibrate_temperature", "evaluate_columns", "export_checkpoint",
+           "export_main",
            "export_model", "training_domain"]
 
 #: How the network input is normalised (stored in the artifact; see atom3d.data.transforms).
@@ -63,6 +79,10 @@ NORMALIZATION = {
     "eps": 1e-6,
     "pad": "reflect",
 }
+
+
+#: Fewest matched validation columns for the column-level temperature fit.
+MIN_CALIBRATION_COLUMNS = 100
 
 
 def _batches(net: torch.nn.Module, loader, max_batches: int | None):
@@ -113,6 +133,72 @@ def calibrate_temperature(net: torch.nn.Module, loader, *, max_pixels: int = 200
         # the depth given a column: classes 1..K (see calibrated_softmax)
         temperature[species] = fit_temperature(logits[:, 1:], labels - 1)
         used[species] = int(len(labels))
+    return temperature, used
+
+
+def calibrate_columns(task: ColumnSegmentationTask, loader, *, max_columns: int = 20_000,
+                      max_batches: int | None = None,
+                      seed: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+    """Temperature per species fitted on the pooled depth confidence of validation columns.
+
+    The columns are found as prediction finds them (:func:`find_columns` with the task's
+    separation and threshold; the background probability, hence the columns found, do
+    not depend on the temperature) and matched to the true columns (the task's match
+    distance, the evaluation edge margin). For every matched column the depth logits
+    of the pixels :func:`find_columns` pools over, and their weights, are kept; the
+    temperature then minimises the NLL of the pooled depth-given-column distribution
+    (:func:`~atom3d.training.calibration.fit_pooled_temperature`): the very confidence
+    atom3d reports per column. At most ``max_columns`` columns per species (seeded).
+
+    Returns the temperatures and the number of columns used per species; a species with
+    no matched column gets ``nan``.
+    """
+    hp = task.hparams
+    radius_A = float(inspect.signature(find_columns).parameters["pool_radius_A"].default)
+    found: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {sp: [] for sp, _ in SPECIES}
+    for batch, logits in _batches(task.net, loader, max_batches):
+        columns = batch["columns"].numpy()
+        pixel = batch["pixel_size_A"].numpy()
+        for s, ((species, name), z) in enumerate(zip(SPECIES, logits, strict=True)):
+            z = z.float().cpu()
+            probs = calibrated_softmax(z, 1.0).numpy()
+            z = z.numpy()
+            valid = (batch[f"{name}_weight"] > 0).numpy()
+            for i in range(len(pixel)):
+                p = float(pixel[i])
+                table = find_columns(probs[i], p, hp.min_separation_A[s],
+                                     threshold=hp.column_threshold, pool_radius_A=radius_A)
+                rows = columns[i]
+                rows = rows[np.isfinite(rows[:, 0]) & (rows[:, 2] == s)]
+                inside = scored_region(valid[i], p, hp.eval_margin_A)
+                keep = inside(table.x_A, table.y_A)
+                rows = rows[inside(rows[:, 0], rows[:, 1])]
+                xy = np.stack([table.x_A[keep], table.y_A[keep]], axis=1).astype(np.float64)
+                pred_idx, true_idx = match_columns(xy, rows[:, :2].astype(np.float64),
+                                                   hp.match_distance_A[s])
+                if pred_idx.size == 0:
+                    continue
+                centres = xy[pred_idx][:, ::-1] / p  # (r, c) [px]
+                presence = 1.0 - probs[i][0].astype(np.float64)
+                pix, w = pool_support(presence, centres, radius_A / p)
+                r, c = pix[..., 0], pix[..., 1]
+                # pooled p(k) = Σ w·(1 − p0)·q_k / Σ w over the disc (calibrated_softmax):
+                # the depth given a column weighs each pixel's q by w·(1 − p0)
+                found[species].append((z[i][1:, r, c].transpose(1, 2, 0),
+                                       w * presence[r, c],
+                                       rows[true_idx, 3].astype(np.int64) - 1))
+    rng = np.random.default_rng(seed)
+    temperature, used = {}, {}
+    for species, chunks in found.items():
+        if not chunks:
+            temperature[species], used[species] = float("nan"), 0
+            continue
+        z, w, y = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+        if len(y) > max_columns:
+            pick = np.sort(rng.choice(len(y), max_columns, replace=False))
+            z, w, y = z[pick], w[pick], y[pick]
+        temperature[species] = fit_pooled_temperature(z, w, y)
+        used[species] = int(len(y))
     return temperature, used
 
 
@@ -249,17 +335,28 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
     loader = datamodule.val_dataloader()
     hp = datamodule.hparams
     if datamodule.val_dataset is None or len(datamodule.val_dataset) == 0:
-        temperature, used = {sp: 1.0 for sp, _ in SPECIES}, {sp: 0 for sp, _ in SPECIES}
+        temperature = {sp: 1.0 for sp, _ in SPECIES}
+        pixel_temperature = dict(temperature)
+        used = n_columns = {sp: 0 for sp, _ in SPECIES}
         figures: dict[str, Any] = {"n_images": 0}
     else:
-        temperature, used = calibrate_temperature(task.net, loader, max_pixels=max_pixels,
-                                                  max_batches=max_batches, seed=int(hp.seed))
+        pixel_temperature, used = calibrate_temperature(
+            task.net, loader, max_pixels=max_pixels, max_batches=max_batches, seed=int(hp.seed))
+        column_temperature, n_columns = calibrate_columns(
+            task, loader, max_batches=max_batches, seed=int(hp.seed))
+        temperature = {sp: column_temperature[sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
+                       else pixel_temperature[sp] for sp, _ in SPECIES}
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
         "calibration": {"split": "validation (held-out structures)",
+                        "method": f"pooled column confidence (calibrate_columns) when >= "
+                                  f"{MIN_CALIBRATION_COLUMNS} matched columns, else "
+                                  "column-core pixels (calibrate_temperature)",
+                        "n_columns": n_columns,
                         "pixels": "column cores (target amplitude >= 0.5), true depth as label",
-                        "n_pixels": used},
+                        "n_pixels": used,
+                        "temperature_pixels": pixel_temperature},
         "evaluation": {"min_separation_A": list(task.hparams.min_separation_A),
                        "match_distance_A": list(task.hparams.match_distance_A),
                        "edge_margin_A": float(task.hparams.eval_margin_A),

@@ -58,6 +58,21 @@ def hard_labels(class_map: Tensor, amp: Tensor) -> Tensor:
     return torch.where(amp >= 0.5, class_map.long(), torch.zeros_like(class_map, dtype=torch.long))
 
 
+def scored_region(valid: np.ndarray, pixel_size_A: float, margin_A: float):
+    """``inside(x, y)``: whether positions [Å] lie ``margin_A`` within the valid pixels' box."""
+    rows, cols = np.nonzero(valid)
+    if rows.size == 0:
+        lo = hi = np.zeros(2)
+    else:
+        lo = np.array([cols.min(), rows.min()]) * pixel_size_A + margin_A
+        hi = np.array([cols.max(), rows.max()]) * pixel_size_A - margin_A
+
+    def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])
+
+    return inside
+
+
 def score_columns(probs: np.ndarray, true_columns: np.ndarray, valid: np.ndarray,
                   pixel_size_A: float, *, min_separation_A: float, match_distance_A: float,
                   threshold: float = 0.5, margin_A: float = 1.0) -> dict[str, Any]:
@@ -87,16 +102,7 @@ def score_columns(probs: np.ndarray, true_columns: np.ndarray, valid: np.ndarray
         The output of :func:`~atom3d.evaluation.metrics.column_metrics`.
     """
     table = find_columns(probs, pixel_size_A, min_separation_A, threshold=threshold)
-    rows, cols = np.nonzero(valid)
-    if rows.size == 0:
-        lo = hi = np.zeros(2)
-    else:
-        lo = np.array([cols.min(), rows.min()]) * pixel_size_A + margin_A
-        hi = np.array([cols.max(), rows.max()]) * pixel_size_A - margin_A
-
-    def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])
-
+    inside = scored_region(valid, pixel_size_A, margin_A)
     keep = inside(table.x_A, table.y_A)
     true_columns = np.asarray(true_columns, np.float64).reshape(-1, 3)
     keep_true = inside(true_columns[:, 0], true_columns[:, 1])
