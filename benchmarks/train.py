@@ -2,7 +2,10 @@
 
     step_seconds_real_loader   mean optimisation step time with the real DataLoader
                                (zarr reads, on-the-fly noise, resampling, labels, crops)
-    step_seconds_in_memory     the same steps on batches already in memory
+    step_seconds_in_memory     the same steps on batches already in memory (the two kinds
+                               alternate step by step, so drifts of the machine's speed cancel;
+                               with data worker processes, a worker's prefetching also
+                               overlaps the in-memory steps)
     loader_overhead            their ratio (target <= 1.1: the data pipeline keeps up)
     samples_per_second         training crops per second with the real loader
 
@@ -11,7 +14,7 @@ training set first fills the worker's image cache (``data.cache_images``), as th
 epoch of every run does (``--cold`` skips it and measures a first epoch).
 
 Usage: python benchmarks/train.py --data data/train.zarr [--config configs/train/ceo2_110.yaml]
-       [--steps 20] [--warmup 3] [--cold]
+       [--steps 40] [--warmup 3] [--cold]
 """
 
 import argparse
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -33,7 +37,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--config", default=str(REPO / "configs/train/ceo2_110.yaml"))
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40,
+                    help="steps of each kind (real loader, in memory), alternating")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cold", action="store_true",
                     help="do not fill the image cache first (measure a first epoch)")
@@ -62,28 +67,37 @@ def main(argv=None):
             pass
         print(f"image cache filled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     it = iter(loader)
-    batches = []
-    for _ in range(args.warmup):
-        b = next(it)
-        step(b)
-        batches.append(b)
-    t = time.perf_counter()
-    n = 0
-    for _ in range(args.steps):
+
+    def next_batch():
+        nonlocal it
         try:
-            b = next(it)
+            return next(it)
         except StopIteration:
             it = iter(loader)
-            b = next(it)
+            return next(it)
+
+    batches = []
+    for _ in range(args.warmup):
+        b = next_batch()
         step(b)
+        batches.append(b)
+    # Real-loader and in-memory steps alternate, so that a change of the machine's speed
+    # during the run (shared hosts) affects both alike and cancels in the ratio.
+    real_times, mem_times = [], []
+    n = 0
+    for k in range(args.steps):
+        t = time.perf_counter()
+        b = next_batch()
+        step(b)
+        real_times.append(time.perf_counter() - t)
         n += b["image"].shape[0]
         if len(batches) < 8:
             batches.append(b)
-    real = (time.perf_counter() - t) / args.steps
-    t = time.perf_counter()
-    for k in range(args.steps):
+        t = time.perf_counter()
         step(batches[k % len(batches)])
-    mem = (time.perf_counter() - t) / args.steps
+        mem_times.append(time.perf_counter() - t)
+    real = float(np.mean(real_times))
+    mem = float(np.mean(mem_times))
     result = {"config": str(Path(args.config).relative_to(REPO)) if Path(args.config).is_relative_to(REPO) else args.config,
               "batch_size": data_cfg.get("batch_size"), "crop_px": data_cfg.get("crop_px"),
               "num_workers": data_cfg.get("num_workers"), "torch_threads": torch.get_num_threads(),
