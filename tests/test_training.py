@@ -445,3 +445,20 @@ def test_pooled_depth_confidence_is_the_weighted_mean_calibrate_columns_fits():
     given = (weight[..., None] * q).sum(axis=1) / weight.sum(axis=1)[:, None]
     np.testing.assert_allclose(given.max(axis=1), table.confidence, rtol=1e-4)
     np.testing.assert_array_equal(given.argmax(axis=1) + 1, table.depth)
+
+
+def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch):
+    from atom3d.training.main import export_main, train_main
+
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    monkeypatch.chdir(tmp_path)
+    assert train_main(_cli_args(tiny_store, tmp_path, "--trainer.max_epochs", "1")) == 0
+    out = tmp_path / "calibrated"
+    assert export_main([str(ckpt), "-o", str(out), "--calibration-data", str(tiny_store)]) == 0
+    calibration = load_artifact(out).config["metrics"]["calibration"]
+    assert "calibration store" in calibration["split"]
+    # the validation half plus every image of the store (both structures)
+    default = tmp_path / "default"
+    assert export_main([str(ckpt), "-o", str(default)]) == 0
+    half = load_artifact(default).config["metrics"]["calibration"]
+    assert calibration["n_pixels"]["Ce"] > half["n_pixels"]["Ce"]

@@ -306,7 +306,8 @@ def _strict_json(value: Any) -> Any:
 
 def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                  out_dir: str | Path, *, name: str = "ceo2-110", max_batches: int | None = None,
-                 max_pixels: int = 200_000, extra_metrics: Mapping[str, Any] | None = None) -> Path:
+                 max_pixels: int = 200_000, extra_metrics: Mapping[str, Any] | None = None,
+                 calibration_store: str | Path | None = None) -> Path:
     """Calibrate on the validation split, evaluate, and write the model artifact.
 
     Parameters
@@ -325,6 +326,12 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         Most column-core pixels per species used for the temperature fit.
     extra_metrics : mapping, optional
         Merged into the artifact's ``metrics`` (e.g. the checkpoint's epoch).
+    calibration_store : path, optional
+        A separate store (simulated with its own seed, never trained on) whose every
+        finished image calibrates the temperature together with the validation split
+        (validation items: stored dose, seeded noise, centred crop). More structures
+        than the validation split holds give a temperature that carries over to new
+        data; the validation figures are still computed on the validation split.
 
     Returns
     -------
@@ -340,16 +347,23 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         used = n_columns = {sp: 0 for sp, _ in SPECIES}
         figures: dict[str, Any] = {"n_images": 0}
     else:
+        calibration_loader = loader
+        if calibration_store is not None:
+            calibration_loader = _Chained(loader, _calibration_loader(
+                calibration_store, datamodule, task.n_classes - 1))
         pixel_temperature, used = calibrate_temperature(
-            task.net, loader, max_pixels=max_pixels, max_batches=max_batches, seed=int(hp.seed))
+            task.net, calibration_loader, max_pixels=max_pixels, max_batches=max_batches,
+            seed=int(hp.seed))
         column_temperature, n_columns = calibrate_columns(
-            task, loader, max_batches=max_batches, seed=int(hp.seed))
+            task, calibration_loader, max_batches=max_batches, seed=int(hp.seed))
         temperature = {sp: column_temperature[sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
                        else pixel_temperature[sp] for sp, _ in SPECIES}
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
-        "calibration": {"split": "validation (held-out structures)",
+        "calibration": {"split": ("validation (held-out structures)" if calibration_store is None
+                                  else "validation (held-out structures) + "
+                                  + _describe_store(calibration_store)),
                         "method": f"pooled column confidence (calibrate_columns) when >= "
                                   f"{MIN_CALIBRATION_COLUMNS} matched columns, else "
                                   "column-core pixels (calibrate_temperature)",
@@ -373,6 +387,48 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         temperature=temperature, metrics=_strict_json(metrics))
 
 
+class _Chained:
+    """Batches of several loaders one after the other (``len`` is the total)."""
+
+    def __init__(self, *loaders) -> None:
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return sum(len(loader) for loader in self.loaders)
+
+    def __iter__(self):
+        for loader in self.loaders:
+            yield from loader
+
+
+def _calibration_loader(store: str | Path, datamodule: ColumnDataModule, max_depth: int):
+    """Validation-style items of every finished image of a separate calibration store."""
+    from torch.utils.data import DataLoader
+
+    from atom3d.data.dataset import ColumnDataset, image_indices, read_store_info
+
+    info = read_store_info(store)
+    if info.max_depth != max_depth:
+        raise UserError(f"calibration store {store} has max_depth {info.max_depth}, "
+                        f"the model has {max_depth}")
+    hp = datamodule.hparams
+    indices = image_indices(np.flatnonzero(info.done), info.n_images, info.images_per_structure)
+    dataset = ColumnDataset(store, indices, train=False, pixel_size_A=hp.pixel_size_A,
+                            crop_px=hp.val_crop_px, size_multiple=hp.size_multiple,
+                            seed=hp.seed, info=info)
+    return DataLoader(dataset, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
+                      num_workers=0)
+
+
+def _describe_store(store: str | Path) -> str:
+    from atom3d.data.dataset import read_store_info
+
+    info = read_store_info(store)
+    seed = open_store(store).attrs.get("seed", "?")
+    return (f"calibration store {Path(store).name} ({int(info.done.sum())} structures, "
+            f"seed {seed}), never trained on")
+
+
 def _read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = Path(ckpt_path)
     if not path.is_file():
@@ -392,7 +448,8 @@ def _arguments_of(cls: type, hparams: Mapping[str, Any]) -> dict[str, Any]:
 def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_dir: str | Path,
                       *, name: str = "ceo2-110", max_batches: int | None = None,
                       num_workers: int = 0, batch_size: int | None = None,
-                      max_pixels: int = 200_000) -> Path:
+                      max_pixels: int = 200_000,
+                      calibration_store: str | Path | None = None) -> Path:
     """Calibrate and export the network of a Lightning checkpoint of :class:`ColumnSegmentationTask`.
 
     Parameters
@@ -405,7 +462,7 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
         as in training (same ``val_fraction`` and ``split_seed``).
     out_dir : path
         Artifact directory.
-    name, max_batches, max_pixels
+    name, max_batches, max_pixels, calibration_store
         See :func:`export_model`.
     num_workers, batch_size : int
         DataLoader settings for the calibration pass (default: 0 workers, the training
@@ -439,7 +496,8 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
     extra = {"checkpoint": {"file": Path(ckpt_path).name, "epoch": checkpoint.get("epoch"),
                             "global_step": checkpoint.get("global_step")}}
     return export_model(task, datamodule, out_dir, name=name, max_batches=max_batches,
-                        max_pixels=max_pixels, extra_metrics=extra)
+                        max_pixels=max_pixels, extra_metrics=extra,
+                        calibration_store=calibration_store)
 
 
 def export_main(argv: list[str] | None = None) -> int:
@@ -457,10 +515,14 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batches", type=int, default=None,
                         help="use at most this many validation batches")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("--calibration-data", type=Path, default=None, metavar="STORE",
+                        help="also fit the temperature on every image of this separate "
+                             "store (own seed, never trained on), with the validation split")
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.checkpoint, args.data, args.out, name=args.name,
-                                max_batches=args.max_batches, num_workers=args.workers)
+                                max_batches=args.max_batches, num_workers=args.workers,
+                                calibration_store=args.calibration_data)
     except UserError as error:
         print(f"atom3d: error: {error}", file=sys.stderr)
         return 2
