@@ -462,3 +462,21 @@ def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch
     assert export_main([str(ckpt), "-o", str(default)]) == 0
     half = load_artifact(default).config["metrics"]["calibration"]
     assert calibration["n_pixels"]["Ce"] > half["n_pixels"]["Ce"]
+
+
+def test_one_pass_calibration_equals_the_two_separate_fits(tiny_store):
+    from atom3d.training.export import calibrate, calibrate_columns, calibrate_temperature
+
+    info = read_store_info(tiny_store)
+    torch.manual_seed(0)
+    task = ColumnSegmentationTask(max_depth=info.max_depth,
+                                  class_frequencies=info.class_frequencies,
+                                  base_width=8, depth=2)
+    loader = DataLoader(_val_dataset(tiny_store, crop_px=64), batch_size=2)
+    fit = calibrate(task, loader, max_pixels=500, max_columns=50, seed=3)
+    t_pix, n_pix = calibrate_temperature(task.net, loader, max_pixels=500, seed=3)
+    t_col, n_col = calibrate_columns(task, loader, max_columns=50, seed=3)
+    assert fit["pixel_temperature"] == t_pix and fit["n_pixels"] == n_pix
+    assert fit["n_columns"] == n_col and n_pix["Ce"] > 0
+    for sp in ("Ce", "O"):
+        assert fit["column_temperature"][sp] == pytest.approx(t_col[sp], nan_ok=True)

@@ -16,10 +16,11 @@ Calibration
     That pixel temperature is then refined where it matters
     (:func:`calibrate_columns`): a column's reported confidence is the presence-weighted
     mean of its core pixels' probabilities, and the temperature that calibrates single
-    pixels need not calibrate their mean. With at least ``MIN_CALIBRATION_COLUMNS`` validation columns found and matched to
-    the truth, the shipped temperature minimises the NLL of the pooled depth-given-column
-    distribution of those columns; both temperatures are stored in the artifact's
-    ``metrics.calibration``.
+    pixels need not calibrate their mean. With at least ``MIN_CALIBRATION_COLUMNS``
+    columns found and matched to the truth, the shipped temperature minimises the NLL of
+    the pooled depth-given-column distribution of those columns; both temperatures are
+    stored in the artifact's ``metrics.calibration``. :func:`calibrate` collects both
+    in one pass of the network.
 
 Validation figures
     With the fitted temperature, every validation image is run through
@@ -65,9 +66,8 @@ from atom3d.training.task import (
     scored_region,
 )
 
-__all__ = ["calibrate_columns", "calibrate_temperature", "evaluate_columns", "export_checkpoint",
-           "export_main",
-           "export_model", "training_domain"]
+__all__ = ["calibrate", "calibrate_columns", "calibrate_temperature", "evaluate_columns",
+           "export_checkpoint", "export_main", "export_model", "training_domain"]
 
 #: How the network input is normalised (stored in the artifact; see atom3d.data.transforms).
 NORMALIZATION = {
@@ -96,6 +96,89 @@ def _batches(net: torch.nn.Module, loader, max_batches: int | None):
             yield batch, net(batch["image"].to(device))
 
 
+def _pixel_samples(batch: Mapping[str, Any], logits, rng: np.random.Generator,
+                   per_batch: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Column-core pixel logits ``(N, K + 1)`` and depths ``(N,)`` of one batch, per species."""
+    out = {}
+    for (species, name), z in zip(SPECIES, logits, strict=True):
+        hard = hard_labels(batch[f"{name}_class"], batch[f"{name}_amp"])
+        mask = (hard > 0) & (batch[f"{name}_weight"] > 0)
+        b, r, c = (t.numpy() for t in torch.nonzero(mask, as_tuple=True))
+        if b.size > per_batch:
+            pick = np.sort(rng.choice(b.size, per_batch, replace=False))
+            b, r, c = b[pick], r[pick], c[pick]
+        z = z.float().cpu().numpy()
+        out[species] = (z[b, :, r, c], hard.numpy()[b, r, c])
+    return out
+
+
+def _fit_pixels(chunks: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
+                max_pixels: int) -> tuple[float, int]:
+    if sum(len(y) for _, y in chunks) == 0:
+        return 1.0, 0
+    logits = np.concatenate([z for z, _ in chunks])
+    labels = np.concatenate([y for _, y in chunks])
+    if len(labels) > max_pixels:
+        pick = rng.choice(len(labels), max_pixels, replace=False)
+        logits, labels = logits[pick], labels[pick]
+    # the depth given a column: classes 1..K (see calibrated_softmax)
+    return fit_temperature(logits[:, 1:], labels - 1), int(len(labels))
+
+
+def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any],
+                    logits) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Pooled-pixel depth logits, pooling weights and true depths of the matched columns
+    of one batch, per species (see :func:`calibrate_columns`)."""
+    radius_A = float(inspect.signature(find_columns).parameters["pool_radius_A"].default)
+    columns = batch["columns"].numpy()
+    pixel = batch["pixel_size_A"].numpy()
+    out: dict[str, list] = {sp: [] for sp, _ in SPECIES}
+    for s, ((species, name), z) in enumerate(zip(SPECIES, logits, strict=True)):
+        z = z.float().cpu()
+        probs = calibrated_softmax(z, 1.0).numpy()
+        z = z.numpy()
+        valid = (batch[f"{name}_weight"] > 0).numpy()
+        for i in range(len(pixel)):
+            p = float(pixel[i])
+            table = find_columns(probs[i], p, hp.min_separation_A[s],
+                                 threshold=hp.column_threshold, pool_radius_A=radius_A)
+            rows = columns[i]
+            rows = rows[np.isfinite(rows[:, 0]) & (rows[:, 2] == s)]
+            inside = scored_region(valid[i], p, hp.eval_margin_A)
+            keep = inside(table.x_A, table.y_A)
+            rows = rows[inside(rows[:, 0], rows[:, 1])]
+            xy = np.stack([table.x_A[keep], table.y_A[keep]], axis=1).astype(np.float64)
+            pred_idx, true_idx = match_columns(xy, rows[:, :2].astype(np.float64),
+                                               hp.match_distance_A[s])
+            if pred_idx.size == 0:
+                continue
+            centres = xy[pred_idx][:, ::-1] / p  # (r, c) [px]
+            presence = 1.0 - probs[i][0].astype(np.float64)
+            pix, w = pool_support(presence, centres, radius_A / p)
+            r, c = pix[..., 0], pix[..., 1]
+            # pooled p(k) = Σ w·(1 − p0)·q_k / Σ w over the disc (calibrated_softmax):
+            # the depth given a column weighs each pixel's q by w·(1 − p0)
+            out[species].append((z[i][1:, r, c].transpose(1, 2, 0), w * presence[r, c],
+                                 rows[true_idx, 3].astype(np.int64) - 1))
+    return out
+
+
+def _fit_columns(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 rng: np.random.Generator, max_columns: int) -> tuple[float, int]:
+    if not chunks:
+        return float("nan"), 0
+    z, w, y = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+    if len(y) > max_columns:
+        pick = np.sort(rng.choice(len(y), max_columns, replace=False))
+        z, w, y = z[pick], w[pick], y[pick]
+    return fit_pooled_temperature(z, w, y), int(len(y))
+
+
+def _per_batch(loader, max_pixels: int, max_batches: int | None) -> int:
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    return max(2 * max_pixels // max(n_batches, 1), 1)  # pooled: <= 2 * max_pixels
+
+
 def calibrate_temperature(net: torch.nn.Module, loader, *, max_pixels: int = 200_000,
                           max_batches: int | None = None,
                           seed: int = 0) -> tuple[dict[str, float], dict[str, int]]:
@@ -105,35 +188,13 @@ def calibrate_temperature(net: torch.nn.Module, loader, *, max_pixels: int = 200
     species without column pixels keeps T = 1.
     """
     rng = np.random.default_rng(seed)
-    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {sp: [] for sp, _ in SPECIES}
-    n_seen = dict.fromkeys(pooled, 0)
-    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    per_batch = max(2 * max_pixels // max(n_batches, 1), 1)  # pooled: <= 2 * max_pixels
+    per_batch = _per_batch(loader, max_pixels, max_batches)
+    pooled: dict[str, list] = {sp: [] for sp, _ in SPECIES}
     for batch, logits in _batches(net, loader, max_batches):
-        for (species, name), z in zip(SPECIES, logits, strict=True):
-            hard = hard_labels(batch[f"{name}_class"], batch[f"{name}_amp"])
-            mask = (hard > 0) & (batch[f"{name}_weight"] > 0)
-            b, r, c = (t.numpy() for t in torch.nonzero(mask, as_tuple=True))
-            if b.size > per_batch:
-                pick = np.sort(rng.choice(b.size, per_batch, replace=False))
-                b, r, c = b[pick], r[pick], c[pick]
-            z = z.float().cpu().numpy()
-            pooled[species].append((z[b, :, r, c], hard.numpy()[b, r, c]))
-            n_seen[species] += b.size
-    temperature, used = {}, {}
-    for species, chunks in pooled.items():
-        if not chunks or sum(len(y) for _, y in chunks) == 0:
-            temperature[species], used[species] = 1.0, 0
-            continue
-        logits = np.concatenate([z for z, _ in chunks])
-        labels = np.concatenate([y for _, y in chunks])
-        if len(labels) > max_pixels:
-            pick = rng.choice(len(labels), max_pixels, replace=False)
-            logits, labels = logits[pick], labels[pick]
-        # the depth given a column: classes 1..K (see calibrated_softmax)
-        temperature[species] = fit_temperature(logits[:, 1:], labels - 1)
-        used[species] = int(len(labels))
-    return temperature, used
+        for species, sample in _pixel_samples(batch, logits, rng, per_batch).items():
+            pooled[species].append(sample)
+    fits = {sp: _fit_pixels(chunks, rng, max_pixels) for sp, chunks in pooled.items()}
+    return {sp: f[0] for sp, f in fits.items()}, {sp: f[1] for sp, f in fits.items()}
 
 
 def calibrate_columns(task: ColumnSegmentationTask, loader, *, max_columns: int = 20_000,
@@ -153,53 +214,38 @@ def calibrate_columns(task: ColumnSegmentationTask, loader, *, max_columns: int 
     Returns the temperatures and the number of columns used per species; a species with
     no matched column gets ``nan``.
     """
-    hp = task.hparams
-    radius_A = float(inspect.signature(find_columns).parameters["pool_radius_A"].default)
-    found: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {sp: [] for sp, _ in SPECIES}
+    found: dict[str, list] = {sp: [] for sp, _ in SPECIES}
     for batch, logits in _batches(task.net, loader, max_batches):
-        columns = batch["columns"].numpy()
-        pixel = batch["pixel_size_A"].numpy()
-        for s, ((species, name), z) in enumerate(zip(SPECIES, logits, strict=True)):
-            z = z.float().cpu()
-            probs = calibrated_softmax(z, 1.0).numpy()
-            z = z.numpy()
-            valid = (batch[f"{name}_weight"] > 0).numpy()
-            for i in range(len(pixel)):
-                p = float(pixel[i])
-                table = find_columns(probs[i], p, hp.min_separation_A[s],
-                                     threshold=hp.column_threshold, pool_radius_A=radius_A)
-                rows = columns[i]
-                rows = rows[np.isfinite(rows[:, 0]) & (rows[:, 2] == s)]
-                inside = scored_region(valid[i], p, hp.eval_margin_A)
-                keep = inside(table.x_A, table.y_A)
-                rows = rows[inside(rows[:, 0], rows[:, 1])]
-                xy = np.stack([table.x_A[keep], table.y_A[keep]], axis=1).astype(np.float64)
-                pred_idx, true_idx = match_columns(xy, rows[:, :2].astype(np.float64),
-                                                   hp.match_distance_A[s])
-                if pred_idx.size == 0:
-                    continue
-                centres = xy[pred_idx][:, ::-1] / p  # (r, c) [px]
-                presence = 1.0 - probs[i][0].astype(np.float64)
-                pix, w = pool_support(presence, centres, radius_A / p)
-                r, c = pix[..., 0], pix[..., 1]
-                # pooled p(k) = Σ w·(1 − p0)·q_k / Σ w over the disc (calibrated_softmax):
-                # the depth given a column weighs each pixel's q by w·(1 − p0)
-                found[species].append((z[i][1:, r, c].transpose(1, 2, 0),
-                                       w * presence[r, c],
-                                       rows[true_idx, 3].astype(np.int64) - 1))
+        for species, samples in _column_samples(task.hparams, batch, logits).items():
+            found[species].extend(samples)
     rng = np.random.default_rng(seed)
-    temperature, used = {}, {}
-    for species, chunks in found.items():
-        if not chunks:
-            temperature[species], used[species] = float("nan"), 0
-            continue
-        z, w, y = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
-        if len(y) > max_columns:
-            pick = np.sort(rng.choice(len(y), max_columns, replace=False))
-            z, w, y = z[pick], w[pick], y[pick]
-        temperature[species] = fit_pooled_temperature(z, w, y)
-        used[species] = int(len(y))
-    return temperature, used
+    fits = {sp: _fit_columns(chunks, rng, max_columns) for sp, chunks in found.items()}
+    return {sp: f[0] for sp, f in fits.items()}, {sp: f[1] for sp, f in fits.items()}
+
+
+def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000,
+              max_columns: int = 20_000, max_batches: int | None = None,
+              seed: int = 0) -> dict[str, dict[str, Any]]:
+    """:func:`calibrate_temperature` and :func:`calibrate_columns` in one pass of the network.
+
+    Same results as calling both (same seeds); returns ``{"pixel_temperature",
+    "n_pixels", "column_temperature", "n_columns"}``, each a per-species dict.
+    """
+    pixel_rng, column_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    per_batch = _per_batch(loader, max_pixels, max_batches)
+    pixels: dict[str, list] = {sp: [] for sp, _ in SPECIES}
+    columns: dict[str, list] = {sp: [] for sp, _ in SPECIES}
+    for batch, logits in _batches(task.net, loader, max_batches):
+        for species, sample in _pixel_samples(batch, logits, pixel_rng, per_batch).items():
+            pixels[species].append(sample)
+        for species, samples in _column_samples(task.hparams, batch, logits).items():
+            columns[species].extend(samples)
+    pixel_fits = {sp: _fit_pixels(c, pixel_rng, max_pixels) for sp, c in pixels.items()}
+    column_fits = {sp: _fit_columns(c, column_rng, max_columns) for sp, c in columns.items()}
+    return {"pixel_temperature": {sp: f[0] for sp, f in pixel_fits.items()},
+            "n_pixels": {sp: f[1] for sp, f in pixel_fits.items()},
+            "column_temperature": {sp: f[0] for sp, f in column_fits.items()},
+            "n_columns": {sp: f[1] for sp, f in column_fits.items()}}
 
 
 def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[str, float], *,
@@ -351,11 +397,10 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         if calibration_store is not None:
             calibration_loader = _Chained(loader, _calibration_loader(
                 calibration_store, datamodule, task.n_classes - 1))
-        pixel_temperature, used = calibrate_temperature(
-            task.net, calibration_loader, max_pixels=max_pixels, max_batches=max_batches,
-            seed=int(hp.seed))
-        column_temperature, n_columns = calibrate_columns(
-            task, calibration_loader, max_batches=max_batches, seed=int(hp.seed))
+        fit = calibrate(task, calibration_loader, max_pixels=max_pixels,
+                        max_batches=max_batches, seed=int(hp.seed))
+        pixel_temperature, used = fit["pixel_temperature"], fit["n_pixels"]
+        column_temperature, n_columns = fit["column_temperature"], fit["n_columns"]
         temperature = {sp: column_temperature[sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
                        else pixel_temperature[sp] for sp, _ in SPECIES}
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
