@@ -15,7 +15,7 @@ temporary directory, then measures
 ``overhead``
     ``1 - frames_per_second / forward_frames_per_second``: the share of time spent
     outside the network; ``overhead_in_run`` is the same share measured inside the
-    end-to-end run (time in the network's forward passes, including the softmax, over the
+    end-to-end run (time in the network's forward passes (logits only), over the
     run's time), which is immune to the load on shared machines changing between the two
     measurements;
 ``rss_mb_100``, ``rss_mb_1000``
@@ -193,7 +193,7 @@ def child(args: argparse.Namespace) -> int:
     predictor = Predictor(load_artifact(args.model), device=args.device,
                           batch_size=args.batch_size)
     network = {"seconds": 0.0}
-    forward = predictor._forward
+    forward = predictor._network
 
     def timed_forward(batch):  # network time inside this very run (same load)
         start = time.perf_counter()
@@ -202,7 +202,7 @@ def child(args: argparse.Namespace) -> int:
         finally:
             network["seconds"] += time.perf_counter() - start
 
-    predictor._forward = timed_forward
+    predictor._network = timed_forward
     override = args.pixel if args.series.suffix == ".npy" else None  # TIFF: calibrated
     with open_series(args.series, pixel_size_A=override) as series:
         if abs(series.pixel_size_A - args.pixel) > 1e-6 * args.pixel:

@@ -202,3 +202,18 @@ def test_peak_thinning_equals_greedy_reference():
         d = float(rng.uniform(1, 15))
         np.testing.assert_array_equal(_suppress_non_maxima(peaks, values, d),
                                       greedy(peaks, values, d))
+
+
+def test_local_maxima_on_candidates_equal_the_full_search():
+    from atom3d.inference.columns import _local_maxima
+
+    rng = np.random.default_rng(4)
+    image = np.round(rng.uniform(-0.2, 1, (40, 37)), 1).astype(np.float32)  # plateaus too
+    image[0, :] = 1.0  # maxima on the border, equal neighbours outside
+    full = _local_maxima(image)
+    everywhere = _local_maxima(image, candidates=np.ones(image.shape, bool))
+    np.testing.assert_array_equal(everywhere, full)
+    mask = rng.uniform(size=image.shape) > 0.5
+    some = _local_maxima(image, candidates=mask)
+    np.testing.assert_array_equal(some, full[mask[full[:, 0], full[:, 1]]])
+    assert len(some) > 5

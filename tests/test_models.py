@@ -6,6 +6,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from atom3d.models.artifact import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelArtifact,
+    calibrated_softmax,
     load_artifact,
     packaged_models,
     save_artifact,
@@ -252,3 +254,25 @@ def test_packaged_name_resolves_through_package_resources(
     assert artifact.path == package / "ceo2-test"
     with pytest.raises(UserError, match=r"packaged: ceo2-test\)"):
         load_artifact("ceo2-110")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.26, 0.7])
+def test_calibrated_maps_equal_argmax_of_calibrated_softmax(temperature: float) -> None:
+    from atom3d.inference.columns import maps_from_probs
+    from atom3d.models.artifact import calibrated_maps, calibrated_probs_numpy
+
+    torch.manual_seed(1)
+    z = torch.randn(2, 9, 24, 20) * 3
+    z[0, 3, :4] = z[0, 5, :4] = 50.0  # exact ties between depth classes: lower one wins
+    z[1, 0, :3] = 80.0  # certain background
+    presence, depth, confidence = calibrated_maps(z, temperature)
+    p = calibrated_softmax(z, temperature)
+    for b in range(2):
+        ref_depth, ref_conf = maps_from_probs(p[b].numpy())
+        np.testing.assert_array_equal(depth[b].numpy(), ref_depth)
+        np.testing.assert_allclose(confidence[b].numpy(), ref_conf, atol=2e-6)
+        np.testing.assert_allclose(presence[b].numpy(), 1 - p[b, 0].numpy(), atol=2e-6)
+    assert depth.dtype == torch.uint8 and (depth[0, :4] == 3).all() and (depth[1, :3] == 0).all()
+    # the NumPy version over the last axis is the same function
+    numpy_p = calibrated_probs_numpy(np.moveaxis(z.numpy(), 1, -1), temperature)
+    np.testing.assert_allclose(numpy_p, np.moveaxis(p.numpy(), 1, -1), atol=1e-6)

@@ -623,3 +623,31 @@ def test_temporal_scores_count_flicker_and_reported_changes():
     assert s["steady_pairs"] == 4 and s["flickers"] == 2  # column 0: 4->5 and 5->4
     assert s["changes_true"] == 2 and s["changes_reported"] == 1
     assert s["flicker"] == 0.5 and s["change_recall"] == 0.5
+
+
+def test_fused_maps_and_columns_equal_the_probability_path(model_dir):
+    """Predictor's maps/columns from logits equal find_columns/maps_from_probs on the
+    calibrated probabilities (the definition), at the model's own pixel size."""
+    from atom3d.inference.columns import find_columns, maps_from_probs
+    from atom3d.inference.predictor import MIN_SEPARATION_A
+
+    predictor = Predictor(load_artifact(model_dir))
+    p_model = predictor.pixel_size_A
+    rng = np.random.default_rng(11)
+    frame = _lattice_frame(rng, (0.0, 0.0))
+    pred = predictor.predict(frame, p_model)
+    probs = predictor.probabilities(predictor.model_grid(frame, p_model))
+    k = predictor.n_classes[0]
+    for species, p, depth_map, conf_map in (("Ce", probs[:k], pred.ce_depth, pred.ce_confidence),
+                                            ("O", probs[k:], pred.o_depth, pred.o_confidence)):
+        depth, confidence = maps_from_probs(p)
+        assert np.mean(depth == depth_map) > 0.9999
+        np.testing.assert_allclose(conf_map, confidence, atol=1e-5)
+        ref = predictor._inside(find_columns(p, p_model, MIN_SEPARATION_A[species]),
+                                frame.shape, p_model)
+        got = pred.columns[species]
+        assert len(got) == len(ref) > 0
+        np.testing.assert_allclose(got.x_A, ref.x_A, atol=1e-4)
+        np.testing.assert_allclose(got.y_A, ref.y_A, atol=1e-4)
+        np.testing.assert_array_equal(got.depth, ref.depth)
+        np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)

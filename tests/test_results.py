@@ -366,3 +366,57 @@ def test_row_ranges_after_frames_written_out_of_order(tmp_path):
         track = w.read_columns()["track"]
     assert list(track[bounds[1]:bounds[2]]) == [0, 1, 2]
     assert np.all(track[: bounds[1]] == -1)
+
+
+def test_direct_chunks_are_what_hdf5_filters_write(tmp_path):
+    """Maps written as pre-compressed chunks hold HDF5's own shuffle + deflate stream."""
+    import zlib
+
+    from atom3d.io.results import deflate_chunk
+
+    rng = np.random.default_rng(0)
+    values = {"float16": rng.uniform(0, 1, (1, H, W)).astype(np.float16),
+              "uint8": rng.integers(0, 9, (1, H, W)).astype(np.uint8)}
+    with h5py.File(tmp_path / "ref.h5", "w") as f:
+        for name, v in values.items():
+            ds = f.create_dataset(name, data=v, chunks=v.shape, compression="gzip",
+                                  compression_opts=1, shuffle=True)
+            _, stored = ds.id.read_direct_chunk((0, 0, 0))
+            assert zlib.decompress(stored) == zlib.decompress(deflate_chunk(v[0], 1))
+    path = tmp_path / "out.h5"
+    write_run(path, range(3), 3)
+    for i in range(3):
+        data = frame_data(i)
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(f["maps/ce_depth"][i], data["ce_depth"])
+            np.testing.assert_array_equal(f["maps/o_confidence"][i],
+                                          data["o_confidence"].astype(np.float16))
+
+
+def test_buffered_commits_resume_from_the_last_commit(tmp_path):
+    reference = tmp_path / "ref.h5"
+    write_run(reference, range(5), 5)
+
+    path = tmp_path / "out.h5"
+    w = ResultsWriter(path, shape=(H, W), n_frames=5, attrs=ATTRS, commit_every=3)
+    for i in range(4):
+        w.write_frame(i, **frame_data(i))
+    assert w.done_frames == {0, 1, 2, 3}
+    w._file.close()  # a hard kill: frame 3 was never committed
+    w._file = None
+    with ResultsWriter(path, shape=(H, W), n_frames=5, attrs=ATTRS, resume=True) as w:
+        assert w.done_frames == {0, 1, 2}
+
+    # closing (also on an exception) commits what is pending
+    with pytest.raises(RuntimeError, match="stop"), ResultsWriter(
+            path, shape=(H, W), n_frames=5, attrs=ATTRS, resume=True, commit_every=10) as w:
+        w.write_frame(3, **frame_data(3))
+        raise RuntimeError("stop")
+    with ResultsWriter(path, shape=(H, W), n_frames=5, attrs=ATTRS, resume=True,
+                       commit_every=10) as w:
+        assert w.done_frames == {0, 1, 2, 3}
+        w.write_frame(4, **frame_data(4))
+        assert len(w.read_frames()["frame"]) == 5  # reading commits the pending frame
+        post_process(w)
+        w.finalize()
+    assert_same_results(read_results(reference), read_results(path))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from atom3d.data.dataset import ColumnDataset, image_indices, read_store_info, split_structures
+from atom3d.data.dataset import (ColumnDataset, explicit_split, image_indices, read_store_info,
+                                 split_structures)
 from atom3d.errors import ConfigError
 
 __all__ = ["ColumnDataModule"]
@@ -42,6 +43,11 @@ class ColumnDataModule(pl.LightningDataModule):
         go to the same side).
     split_seed : int
         Seed of the structure split.
+    val_structures : list of int, optional
+        Explicit validation structures (indices into the store); overrides
+        ``val_fraction``/``split_seed``, and every other finished structure trains. Keeps
+        a fine-tuning run's validation (and the calibration fitted on it) free of the
+        structures an earlier run trained on when the store has grown.
     pixel_size_A : float
         Model pixel size [Å] the images are resampled to.
     pixel_jitter : float
@@ -74,6 +80,7 @@ class ColumnDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 0,
+        val_structures: list[int] | None = None,
         pixel_size_A: float = 0.2,
         pixel_jitter: float = 0.03,
         dose_range_e_per_A2: tuple[float, float] | None = None,
@@ -94,8 +101,12 @@ class ColumnDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.path = str(path)
         self.info = read_store_info(self.path)
-        self.train_structures, self.val_structures = split_structures(
-            self.info.n_structures, val_fraction, split_seed, self.info.done)
+        if val_structures is None:
+            self.train_structures, self.val_structures = split_structures(
+                self.info.n_structures, val_fraction, split_seed, self.info.done)
+        else:
+            self.train_structures, self.val_structures = explicit_split(
+                self.info.n_structures, val_structures, self.info.done)
         self.train_dataset: ColumnDataset | None = None
         self.val_dataset: ColumnDataset | None = None
 

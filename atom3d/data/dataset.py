@@ -223,6 +223,30 @@ def split_structures(n_structures: int, val_fraction: float, seed: int = 0,
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
 
+def explicit_split(n_structures: int, val_structures: Sequence[int],
+                   done: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation split with the validation structures given explicitly.
+
+    Every finished structure not in ``val_structures`` trains. Raises ConfigError for
+    an index outside the store, a validation structure not finished, or no training
+    structure left.
+    """
+    val = np.unique(np.asarray(list(val_structures), np.int64))
+    if val.size == 0:
+        raise ConfigError("data.val_structures is empty (use null for the fractional split)")
+    if val.min() < 0 or val.max() >= n_structures:
+        raise ConfigError(f"data.val_structures must lie in [0, {n_structures}), got "
+                          f"{val.min()}..{val.max()}")
+    finished = np.ones(n_structures, bool) if done is None else np.asarray(done, bool)
+    if not finished[val].all():
+        missing = val[~finished[val]].tolist()
+        raise ConfigError(f"data.val_structures {missing[:5]} are not simulated in the store yet")
+    train = np.setdiff1d(np.flatnonzero(finished), val)
+    if train.size == 0:
+        raise ConfigError("data.val_structures leaves no finished structure for training")
+    return train.astype(np.int64), val
+
+
 def image_indices(structures: Sequence[int], n_images: int, images_per_structure: int) -> np.ndarray:
     """Indices of all images of the given structures (int64, in structure order)."""
     out = [i for s in structures for i in images_of_structure(int(s), n_images, images_per_structure)]

@@ -12,13 +12,14 @@ Coordinates follow the results-file contract: pixel ``(r, c)`` has its centre at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["ColumnTable", "find_columns", "maps_from_probs", "pool_support"]
+__all__ = ["ColumnTable", "find_columns", "find_columns_from", "maps_from_probs", "pool_support"]
 
 
 @dataclass(frozen=True)
@@ -142,22 +143,61 @@ def find_columns(
     blob. Pooling weights each pixel by its presence ``1 - p0``.
     """
     probs = _check_probs(probs)
+    return find_columns_from(
+        1.0 - probs[0].astype(np.float32), lambda pixels: np.moveaxis(_gather(probs, pixels)[0], 0, -1),
+        probs.shape[0], pixel_size_A, min_separation_A, threshold=threshold,
+        pool_radius_A=pool_radius_A, smooth_sigma_A=smooth_sigma_A)
+
+
+def find_columns_from(
+    presence: np.ndarray,
+    class_probs: Callable[[np.ndarray], np.ndarray],
+    n_classes: int,
+    pixel_size_A: float,
+    min_separation_A: float,
+    threshold: float = 0.5,
+    pool_radius_A: float = 0.4,
+    smooth_sigma_A: float = 0.1,
+) -> ColumnTable:
+    """:func:`find_columns` from the presence map and class probabilities on demand.
+
+    Parameters
+    ----------
+    presence : numpy.ndarray
+        ``(H, W)`` presence ``1 - p0`` of the species.
+    class_probs : callable
+        ``class_probs(pixels)`` with ``pixels`` int ``(..., 2)`` of ``(r, c)`` inside the
+        image returns the class probabilities there, ``(..., K + 1)``. Only the pixels
+        pooled into columns are asked for, so the full ``(K + 1, H, W)`` probabilities
+        need never exist (the predictor computes them from the logits of these pixels).
+    n_classes : int
+        K + 1.
+    pixel_size_A, min_separation_A, threshold, pool_radius_A, smooth_sigma_A
+        As for :func:`find_columns`.
+    """
     if pixel_size_A <= 0:
         raise ValueError(f"pixel_size_A must be > 0, got {pixel_size_A}")
     if min_separation_A < 0 or pool_radius_A < 0 or smooth_sigma_A < 0:
         raise ValueError("min_separation_A, pool_radius_A and smooth_sigma_A must be >= 0")
-    presence = 1.0 - probs[0].astype(np.float64)
-    smooth = ndimage.gaussian_filter(presence, smooth_sigma_A / pixel_size_A, mode="nearest")
-    peaks = _local_maxima(smooth)
-    peaks = peaks[presence[peaks[:, 0], peaks[:, 1]] > threshold]
+    presence = np.asarray(presence, dtype=np.float32)
+    smooth = (ndimage.gaussian_filter(presence, smooth_sigma_A / pixel_size_A, mode="nearest")
+              if smooth_sigma_A > 0 else presence)
+    peaks = _local_maxima(smooth, candidates=presence > threshold)
     peaks = _suppress_non_maxima(
         peaks, smooth[peaks[:, 0], peaks[:, 1]], min_separation_A / pixel_size_A
     )
     if peaks.shape[0] == 0:
-        return ColumnTable.empty(probs.shape[0])
+        return ColumnTable.empty(n_classes)
     peaks = peaks[np.lexsort((peaks[:, 1], peaks[:, 0]))]
     centres = _refine_centroid(smooth, peaks, max(min_separation_A / pixel_size_A / 2, 1.0))
-    pooled = _pool(probs, presence, centres, pool_radius_A / pixel_size_A)
+    pixels, weights = pool_support(presence, centres, pool_radius_A / pixel_size_A)
+    used = weights > 0  # row-major: grouped by column, each column has its centre pixel
+    owner = np.nonzero(used)[0]
+    values = np.asarray(class_probs(pixels[used]), dtype=np.float64)  # (P, K + 1)
+    starts = np.searchsorted(owner, np.arange(len(centres)))
+    pooled = np.add.reduceat(values * weights[used][:, None], starts, axis=0)
+    pooled /= weights.sum(axis=1)[:, None]
+    pooled /= pooled.sum(axis=1, keepdims=True)
     p_column = 1.0 - pooled[:, 0]
     given_column = pooled[:, 1:] / np.maximum(pooled[:, 1:].sum(axis=1, keepdims=True), 1e-12)
     depth_index = np.argmax(given_column, axis=1)
@@ -180,10 +220,26 @@ def _check_probs(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def _local_maxima(image: np.ndarray) -> np.ndarray:
-    """Pixels ``(r, c)`` that are > 0 and >= their 8 neighbours; shape ``(N, 2)``."""
-    is_max = (image == ndimage.maximum_filter(image, size=3, mode="nearest")) & (image > 0)
-    return np.argwhere(is_max)
+def _local_maxima(image: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Pixels ``(r, c)`` that are > 0 and >= their 8 neighbours; shape ``(N, 2)``.
+
+    Outside the image the edge values repeat (``maximum_filter(mode="nearest")``).
+    ``candidates`` (bool, the image's shape) restricts the search to those pixels,
+    in row-major order like the full search.
+    """
+    if candidates is None:
+        is_max = (image == ndimage.maximum_filter(image, size=3, mode="nearest")) & (image > 0)
+        return np.argwhere(is_max)
+    r, c = np.nonzero(candidates)
+    value = image[r, c]
+    keep = value > 0
+    h, w = image.shape
+    for dr in (-1, 0, 1):
+        rr = np.clip(r + dr, 0, h - 1)
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                keep &= value >= image[rr, np.clip(c + dc, 0, w - 1)]
+    return np.column_stack([r[keep], c[keep]])
 
 
 def _suppress_non_maxima(
@@ -263,21 +319,15 @@ def pool_support(presence: np.ndarray, centres: np.ndarray,
     """
     base = np.rint(centres).astype(np.intp)
     offsets = _disc_offsets(radius_px)
+    # a centre lies within sqrt(1/2) px of its rounded pixel: farther offsets are never
+    # inside the disc (dropping them changes no weight, only the work)
+    offsets = offsets[np.hypot(offsets[:, 0], offsets[:, 1]) <= radius_px + 0.7072]
     pixels = base[:, None, :] + offsets[None]
     distance = np.hypot(*(pixels - centres[:, None, :]).transpose(2, 0, 1))
     in_disc = (distance <= radius_px) | np.all(offsets == 0, axis=1)[None]
     weights, inside = _gather(presence, pixels)
-    weights = np.where(in_disc & inside, np.clip(weights, 0.0, None) + 1e-12, 0.0)
+    weights = np.where(in_disc & inside,
+                       np.clip(weights.astype(np.float64), 0.0, None) + 1e-12, 0.0)
     pixels = np.stack([np.clip(pixels[..., 0], 0, presence.shape[0] - 1),
                        np.clip(pixels[..., 1], 0, presence.shape[1] - 1)], axis=-1)
     return pixels, weights
-
-
-def _pool(
-    probs: np.ndarray, presence: np.ndarray, centres: np.ndarray, radius_px: float
-) -> np.ndarray:
-    """Presence-weighted mean class probabilities within ``radius_px`` of each centre."""
-    pixels, weights = pool_support(presence, centres, radius_px)
-    class_values, _ = _gather(probs, pixels)  # (K + 1, N, M)
-    pooled = (class_values * weights[None]).sum(axis=2).T / weights.sum(axis=1)[:, None]
-    return pooled / pooled.sum(axis=1, keepdims=True)

@@ -7,32 +7,42 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
    bilinear; physical coordinates are kept: pixel ``(r, c)`` is at ``(c·p, r·p)`` Å on both
    grids) and **normalise** by the frame's own mean and standard deviation
    (:func:`atom3d.data.transforms.normalize`): the same preprocessing as training.
-2. **Tiled prediction** (:func:`atom3d.inference.tiling.predict_tiled`) of the calibrated
-   class probabilities ``softmax(logits / T)`` (:meth:`ModelArtifact.predict_proba`) on the
-   model grid. The U-Net uses BatchNorm in eval mode (a fixed per-channel affine map), so
-   a tile's prediction does not depend on the other tiles or on the batch. The discarded
-   ``margin`` next to inner tile edges is the model's receptive-field radius
-   ``(receptive_field_px - 1) // 2`` when ``2 × radius <= overlap`` (then tiling is exact:
-   the stitched result equals the whole-frame prediction); otherwise (the default
-   ``base_width=32, depth=4`` network has a 275 px bound, far beyond any sensible overlap)
-   it is the fixed ``overlap // 4`` of the tiler: 16 px of the default 64 px overlap are
-   dropped on each side and 32 px are cross-faded. The receptive-field *bound* grossly
-   overstates the effective receptive field of a trained U-Net, and the cross-fade hides
-   what remains; ``seam_error`` style checks live in ``tests/test_predict.py``.
-   Frames that fit into one tile are batched across frames (identical results: a single
-   tile is never blended).
-3. **Columns** per species with :func:`atom3d.inference.columns.find_columns` on the
-   model-grid probabilities (minimum separation 2.6 Å for Ce and 1.6 Å for O; CeO2 [110]
-   has projected nearest Ce–Ce and O–O distances of 3.31 and 1.91 Å). Positions are in Å,
-   which is the same physical frame on the input grid. Columns whose centre lies within
-   ``edge_margin_A`` (default 1.0 Å, as in ``atom3d evaluate``) of the frame border are
-   dropped: half of such a column is outside the field of view and the network sees
-   reflected padding there, so border detections are mostly spurious.
-4. **Maps on the input grid**: every class-probability channel is resampled back to the
-   input pixel grid *bilinearly* (``order=1``; a convex combination, so the channels still
-   sum to one) and *then* the per-pixel argmax and its probability are taken
-   (:func:`atom3d.inference.columns.maps_from_probs`). This avoids the blocky look and the
-   half-pixel bias of taking the argmax first and resampling labels by nearest neighbour.
+2. **Tiled prediction** (:func:`atom3d.inference.tiling.predict_tiled`) of the network's
+   logits on the model grid. The U-Net uses BatchNorm in eval mode (a fixed per-channel
+   affine map), so a tile's prediction does not depend on the other tiles or on the
+   batch. The discarded ``margin`` next to inner tile edges is the model's
+   receptive-field radius ``(receptive_field_px - 1) // 2`` when ``2 × radius <= overlap``
+   (then tiling is exact: the stitched result equals the whole-frame prediction);
+   otherwise (the default ``base_width=32, depth=4`` network has a 275 px bound, far
+   beyond any sensible overlap) it is the fixed ``overlap // 4`` of the tiler: 16 px of
+   the default 64 px overlap are dropped on each side and 32 px are cross-faded (the
+   logits are blended, then calibrated). The receptive-field *bound* grossly overstates
+   the effective receptive field of a trained U-Net, and the cross-fade hides what
+   remains; ``seam_error`` style checks live in ``tests/test_predict.py``. Frames that
+   fit into one tile are batched across frames (identical results: a single tile is
+   never blended).
+3. **Calibrated maps and columns** per species. The calibrated class probabilities are
+   ``softmax`` with the depth temperature (:func:`atom3d.models.artifact.calibrated_softmax`).
+   Their per-pixel presence ``1 - p0``, most probable class and its probability come
+   straight from the logits (:func:`atom3d.models.artifact.calibrated_maps`, the same
+   numbers without forming the ``(K + 1, H, W)`` probabilities), and
+   :func:`atom3d.inference.columns.find_columns_from` finds the columns on the presence
+   map (minimum separation 2.6 Å for Ce and 1.6 Å for O; CeO2 [110] has projected
+   nearest Ce–Ce and O–O distances of 3.31 and 1.91 Å), pooling the calibrated
+   probabilities of the few pixels around each column (computed from their logits).
+   Positions are in Å, which is the same physical frame on the input grid. Columns
+   whose centre lies within ``edge_margin_A`` (default 1.0 Å, as in ``atom3d
+   evaluate``) of the frame border are dropped: half of such a column is outside the
+   field of view and the network sees reflected padding there, so border detections
+   are mostly spurious. The column work of the frames of a batch runs in a pool of
+   threads (NumPy and SciPy release the GIL), one per torch thread.
+4. **Maps on the input grid**: when the input pixel size is the model's, the maps of
+   step 3 are the result. Otherwise every calibrated class-probability channel is
+   resampled back to the input pixel grid *bilinearly* (``order=1``; a convex
+   combination, so the channels still sum to one) and *then* the per-pixel argmax and
+   its probability are taken (as :func:`atom3d.inference.columns.maps_from_probs`).
+   This avoids the blocky look and the half-pixel bias of taking the argmax first and
+   resampling labels by nearest neighbour.
 
 A frame holding NaN or Inf, or without signal (standard deviation 0), is *invalid*: its
 depth maps are 0, its confidence maps NaN and its column tables empty.
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,9 +60,10 @@ import torch
 
 from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
-from atom3d.inference.columns import ColumnTable, find_columns, maps_from_probs
+from atom3d.inference.columns import ColumnTable, find_columns_from, maps_from_probs
 from atom3d.inference.tiling import predict_tiled
-from atom3d.models.artifact import SPECIES, ModelArtifact
+from atom3d.models.artifact import (SPECIES, ModelArtifact, calibrated_maps,
+                                    calibrated_probs_numpy, calibrated_softmax)
 
 __all__ = ["MIN_SEPARATION_A", "FramePrediction", "Predictor", "resolve_device"]
 
@@ -189,15 +201,18 @@ class Predictor:
 
     # -- the network on the model grid -------------------------------------------------
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(B, K_ce + 1 + K_o + 1, h, w)`` of a normalised batch."""
+    def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network logits of a normalised batch: Ce ``(B, K_ce + 1, h, w)`` and O
+        ``(B, K_o + 1, h, w)``, float32 (no copies on a CPU)."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.device.type == "cpu" and not self.half:  # no copies: written in place
-            out = torch.empty((x.shape[0], sum(self.n_classes), *x.shape[2:]))
-            self.artifact.predict_proba(x, out=out)
-            return out.numpy()
-        p_ce, p_o = self.artifact.predict_proba(x)
-        return torch.cat([p_ce, p_o], dim=1).float().cpu().numpy()
+        parameter = next(self.model.parameters())
+        with torch.no_grad():
+            logits = self.model(x.to(device=parameter.device, dtype=parameter.dtype))
+        return tuple(z.float().cpu().numpy() for z in logits)  # type: ignore[return-value]
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Logits ``(B, K_ce + 1 + K_o + 1, h, w)`` of a normalised batch (for tiling)."""
+        return np.concatenate(self._network(batch), axis=1)
 
     def _tile_for(self, shape: tuple[int, int]) -> int:
         """Tile side for a model-grid image of ``shape``: at most :attr:`tile`.
@@ -217,8 +232,8 @@ class Predictor:
         side = max(-(-(longest + (n - 1) * o) // n), 2 * o + 1)
         return min(self.tile, -(-side // m) * m)
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Tiled class probabilities of one *normalised* image on the model grid.
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """Tiled network logits of one *normalised* image on the model grid.
 
         Parameters
         ----------
@@ -238,12 +253,31 @@ class Predictor:
                              batch_size=self.batch_size, n_out=sum(self.n_classes),
                              margin=margin)
 
-    def _probabilities_single_tiles(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities of images that each fit in one tile, batched across images.
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities of one *normalised* image on the model grid.
+
+        :func:`~atom3d.models.artifact.calibrated_softmax` of :meth:`logits`, float32
+        ``(K_ce + 1 + K_o + 1, h, w)``: Ce classes first, then O classes.
+        """
+        return self._calibrated(self.logits(image))
+
+    def _calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of model-grid logits (Ce classes, then O classes)."""
+        k_ce = self.n_classes[0]
+        temperature = self.artifact.temperature
+        z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
+        with torch.no_grad():
+            p = [calibrated_softmax(z[:, :k_ce], temperature["Ce"]),
+                 calibrated_softmax(z[:, k_ce:], temperature["O"])]
+        return torch.cat(p, dim=1)[0].numpy()
+
+    def _logits_single_tiles(self, images: Sequence[np.ndarray]
+                             ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Logits ``(Ce, O)`` of images that each fit in one tile, batched across images.
 
         Each image is reflect-padded symmetrically to the tile as
         :func:`~atom3d.inference.tiling.predict_tiled` does for a single tile, so the
-        result equals :meth:`probabilities` image by image.
+        result equals :meth:`logits` image by image.
         """
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
@@ -259,8 +293,9 @@ class Predictor:
                               else image)
                 crops.append(tuple(slice(b, b + n) for (b, _), n in zip(pads, image.shape,
                                                                        strict=True)))
-            probs = self._forward(np.stack(padded)[:, None])
-            out.extend(p[(slice(None), *crop)] for p, crop in zip(probs, crops, strict=True))
+            z_ce, z_o = self._network(np.stack(padded)[:, None])
+            out.extend((a[(slice(None), *crop)], b[(slice(None), *crop)])
+                       for a, b, crop in zip(z_ce, z_o, crops, strict=True))
         return out
 
     # -- frames -----------------------------------------------------------------------
@@ -312,27 +347,66 @@ class Predictor:
         if images:
             single = all(max(im.shape) <= self._tile_for(im.shape) for im in images)
             if single and len({im.shape for im in images}) == 1:
-                probs = self._probabilities_single_tiles(images)
+                logits = self._logits_single_tiles(images)
             else:
-                probs = [self.probabilities(im) for im in images]
-            for i, p in zip(todo, probs, strict=True):
-                results[i] = self._finish(p, frames[i].shape, pixel_size_A)
+                k_ce = self.n_classes[0]
+                logits = [(z[:k_ce], z[k_ce:]) for z in map(self.logits, images)]
+            finished = self._finish_many(logits, [frames[i].shape for i in todo],
+                                         pixel_size_A)
+            for i, prediction in zip(todo, finished, strict=True):
+                results[i] = prediction
         return results  # type: ignore[return-value]
 
-    def _finish(self, probs: np.ndarray, shape: tuple[int, int],
-                pixel_size_A: float) -> FramePrediction:
-        """Columns from model-grid probabilities; maps on the input grid."""
-        k_ce = self.n_classes[0]
-        per_species = {"Ce": probs[:k_ce], "O": probs[k_ce:]}
-        columns = {
-            s: self._inside(find_columns(p, self.pixel_size_A, MIN_SEPARATION_A[s]), shape,
-                            pixel_size_A)
-            for s, p in per_species.items()
-        }
-        maps = {s: self._maps_on_input_grid(p, shape, pixel_size_A)
-                for s, p in per_species.items()}
-        return FramePrediction(True, "", columns, maps["Ce"][0], maps["Ce"][1],
-                               maps["O"][0], maps["O"][1])
+    def _finish_many(self, logits: Sequence[tuple[np.ndarray, np.ndarray]],
+                     shapes: Sequence[tuple[int, int]],
+                     pixel_size_A: float) -> list[FramePrediction]:
+        """Maps and columns of model-grid logits; maps on each frame's input grid.
+
+        The calibrated maps are computed with torch (its own threads); the column
+        finding and any resampling of every (frame, species) then run in a thread pool.
+        """
+        temperature = self.artifact.temperature
+        same = abs(pixel_size_A - self.pixel_size_A) < 1e-9 * self.pixel_size_A
+        jobs = []  # (frame, species, logits, presence, depth, confidence)
+        with torch.no_grad():
+            for f, z in enumerate(logits):
+                for species, zs in zip(SPECIES, z, strict=True):
+                    zs = np.ascontiguousarray(zs, dtype=np.float32)
+                    presence, depth, confidence = (
+                        t[0].numpy() for t in calibrated_maps(torch.from_numpy(zs)[None],
+                                                              temperature[species]))
+                    jobs.append((f, species, zs, presence, depth, confidence))
+
+        def finish(job):
+            f, species, zs, presence, depth, confidence = job
+            t = temperature[species]
+
+            def class_probs(pixels: np.ndarray) -> np.ndarray:
+                values = zs[:, pixels[..., 0], pixels[..., 1]]  # (K + 1, N, M)
+                return calibrated_probs_numpy(np.moveaxis(values, 0, -1), t)
+
+            table = find_columns_from(presence, class_probs, zs.shape[0], self.pixel_size_A,
+                                      MIN_SEPARATION_A[species])
+            table = self._inside(table, shapes[f], pixel_size_A)
+            if same and depth.shape == tuple(shapes[f]):
+                maps = (depth, confidence)
+            else:
+                probs = calibrated_softmax(torch.from_numpy(zs)[None], t)[0].numpy()
+                maps = self._maps_on_input_grid(probs, shapes[f], pixel_size_A)
+            return table, maps
+
+        workers = max(1, min(torch.get_num_threads(), len(jobs)))
+        if workers == 1:
+            done = [finish(job) for job in jobs]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                done = list(pool.map(finish, jobs))
+        out = []
+        for f in range(len(logits)):
+            (ce_table, ce_maps), (o_table, o_maps) = done[2 * f], done[2 * f + 1]
+            out.append(FramePrediction(True, "", {"Ce": ce_table, "O": o_table},
+                                       ce_maps[0], ce_maps[1], o_maps[0], o_maps[1]))
+        return out
 
     def _inside(self, table: ColumnTable, shape: tuple[int, int],
                 pixel_size_A: float) -> ColumnTable:

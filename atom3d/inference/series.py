@@ -120,6 +120,11 @@ MIN_TRACK_LENGTH = 2
 DRIFT_SIGMA_A = 0.5
 DRIFT_GRID_A = 0.25
 DRIFT_O_WEIGHT = 0.5
+#: Frames per commit of the results tables (a hard kill loses at most these; see
+#: ResultsWriter's ``commit_every``).
+COMMIT_EVERY = 16
+#: Frames whose column rows post-processing reads at once (memory: ~1 MB per frame).
+ROW_BLOCK = 16
 #: Invalid frames reported one by one on stderr (the rest are only counted).
 MAX_INVALID_MESSAGES = 5
 
@@ -147,14 +152,17 @@ def area_and_radius(x_A: np.ndarray, y_A: np.ndarray,
     r_px = disc_radius_A / raster_A
     k = int(np.ceil(r_px)) + 1
     d = np.arange(-k, k + 1)
-    dy, dx = np.meshgrid(d, d, indexing="ij")
+    dy, dx = (v.ravel() for v in np.meshgrid(d, d, indexing="ij"))
+    near = np.hypot(dy, dx) <= r_px + 0.7072  # a centre is within √½ px of its pixel
+    dy, dx = dy[near].astype(np.float32), dx[near].astype(np.float32)
     centre = (xy - lo) / raster_A  # raster coordinates (x, y)
-    base = np.rint(centre).astype(int)
-    for (bx, by), (cx, cy) in zip(base, centre, strict=True):
-        px, py = bx + dx, by + dy
-        inside = (px - cx) ** 2 + (py - cy) ** 2 <= r_px**2
-        mask[py[inside], px[inside]] = True
-    area = float(mask.sum()) * raster_A**2
+    base = np.rint(centre)
+    fx, fy = (base - centre).astype(np.float32).T  # (N,) offsets of the rounded pixels
+    inside = (fx[:, None] + dx) ** 2 + (fy[:, None] + dy) ** 2 <= np.float32(r_px**2)
+    flat = (base[:, 1, None].astype(np.int64) * n[0] + base[:, 0, None].astype(np.int64)
+            + (dy.astype(np.int64) * n[0] + dx.astype(np.int64))[None])
+    mask.ravel()[flat[inside]] = True
+    area = float(np.count_nonzero(mask)) * raster_A**2
     return area, math.sqrt(area / math.pi)
 
 
@@ -259,7 +267,8 @@ def _presence_images(columns_of: Any, frames: Sequence[int], shape: tuple[int, i
             yy = np.broadcast_to(py[:, :, None], values.shape)
             xx = np.broadcast_to(px[:, None, :], values.shape)
             ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            np.add.at(image, (yy[ok], xx[ok]), values[ok])
+            image += np.bincount((yy[ok] * w + xx[ok]), weights=values[ok],
+                                 minlength=h * w).reshape(h, w)
         yield image
 
 
@@ -332,8 +341,19 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     k_max = max(classes.values())
     p_fields = [f"p_depth_{j + 1}" for j in range(k_max)]
 
+    blocks: dict[tuple[str, ...], tuple[int, int, dict[str, np.ndarray]]] = {}
+
     def rows(t: int, fields: Sequence[str]) -> dict[str, np.ndarray]:
-        return writer.read_column_rows(int(bounds[t]), int(bounds[t + 1]), fields)
+        """Frame t's rows, read ROW_BLOCK frames at a time (forward or backward)."""
+        key = tuple(fields)
+        lo, hi, block = blocks.get(key, (0, 0, {}))
+        if not lo <= t < hi:
+            lo = t if t >= hi else max(t + 1 - ROW_BLOCK, 0)
+            hi = min(lo + ROW_BLOCK, n_frames)
+            block = writer.read_column_rows(int(bounds[lo]), int(bounds[hi]), fields)
+            blocks[key] = (lo, hi, block)
+        a, b = int(bounds[t] - bounds[lo]), int(bounds[t + 1] - bounds[lo])
+        return {name: values[a:b] for name, values in block.items()}
 
     drift = series_drift(lambda t: rows(t, ("x", "y", "species")), valid, writer.shape,
                          pixel_size_A)
@@ -481,7 +501,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     n = int(series.n_frames)
     with ResultsWriter(out, shape=tuple(series.shape), n_frames=n, attrs=attrs,
-                       resume=resume) as writer:
+                       resume=resume, commit_every=COMMIT_EVERY) as writer:
         done = writer.done_frames
         # Small frames are predicted in fixed blocks [k·B, (k+1)·B): a resumed run
         # repredicts the done frames of a partly written block, so that every frame is

@@ -91,7 +91,14 @@ def estimate_drift(
         raise ValueError(f"upsample must be >= 1, got {upsample}")
     if not 0 <= whiten <= 1:
         raise ValueError(f"whiten must be in [0, 1], got {whiten}")
-    spectrum = _cross_power_spectrum(ref, img, whiten, sigma_px, window)
+    return _drift_from_spectra(_spectrum(ref, window), _spectrum(img, window), upsample,
+                               whiten, sigma_px)
+
+
+def _drift_from_spectra(a: np.ndarray, b: np.ndarray, upsample: int, whiten: float,
+                        sigma_px: float) -> tuple[float, float]:
+    """:func:`estimate_drift` from the :func:`_spectrum` of ``ref`` (a) and ``img`` (b)."""
+    spectrum = _cross_power(a, b, whiten, sigma_px)
     coarse = np.fft.ifft2(spectrum).real
     peak = np.array(np.unravel_index(np.argmax(coarse), coarse.shape), dtype=np.float64)
     shape = np.array(coarse.shape)
@@ -137,38 +144,67 @@ def cumulative_drift(
     """
     if reference not in ("previous", "first"):
         raise ValueError(f"reference must be 'previous' or 'first', got {reference!r}")
+    options = {"upsample": 20, "whiten": 0.0, "sigma_px": 1.0, "window": True, **kwargs}
+    unknown = set(options) - {"upsample", "whiten", "sigma_px", "window"}
+    if unknown:
+        raise TypeError(f"unexpected drift options {sorted(unknown)}")
+    window = options.pop("window")
+    if options["upsample"] < 1:
+        raise ValueError(f"upsample must be >= 1, got {options['upsample']}")
+    if not 0 <= options["whiten"] <= 1:
+        raise ValueError(f"whiten must be in [0, 1], got {options['whiten']}")
     drift = []
-    first = previous = None
+    first = previous = None  # spectra: each frame is transformed once
+    shape = None
     for frame in frames:
+        frame = np.asarray(frame, dtype=np.float64)
+        if frame.ndim != 2 or (shape is not None and frame.shape != shape):
+            raise ValueError(f"frames must be 2-D of one shape, got {frame.shape}")
+        shape = frame.shape
+        spectrum = _spectrum(frame, window)
         if first is None:
-            first = previous = frame
+            first = previous = spectrum
             drift.append(np.zeros(2))
             continue
         if reference == "first":
-            dy, dx = estimate_drift(first, frame, **kwargs)
+            dy, dx = _drift_from_spectra(first, spectrum, **options)
             drift.append(np.array([dx, dy]) * pixel_size_A)
         else:
-            dy, dx = estimate_drift(previous, frame, **kwargs)
+            dy, dx = _drift_from_spectra(previous, spectrum, **options)
             drift.append(drift[-1] + np.array([dx, dy]) * pixel_size_A)
-        previous = frame
+        previous = spectrum
     return np.array(drift, dtype=np.float64).reshape(-1, 2)
 
 
-def _cross_power_spectrum(
-    ref: np.ndarray, img: np.ndarray, whiten: float, sigma_px: float, window: bool
-) -> np.ndarray:
-    """Cross-power spectrum ``F(img) F(ref)*``, whitened and Gaussian-damped."""
-    taper = np.outer(tukey(ref.shape[0], 0.25), tukey(ref.shape[1], 0.25)) if window else 1.0
-    a = np.fft.fft2((ref - ref.mean()) * taper)
-    b = np.fft.fft2((img - img.mean()) * taper)
+def _spectrum(image: np.ndarray, window: bool) -> np.ndarray:
+    """``F((image - mean) · taper)``: one image's half of the cross-power spectrum."""
+    taper = _taper(image.shape) if window else 1.0
+    return np.fft.fft2((image - image.mean()) * taper)
+
+
+def _taper(shape: tuple[int, int]) -> np.ndarray:
+    """Tukey window (flat centre, cosine edges over 12.5 % of each side), cached."""
+    key = tuple(shape)
+    if key not in _TAPERS:
+        _TAPERS.clear()
+        _TAPERS[key] = np.outer(tukey(shape[0], 0.25), tukey(shape[1], 0.25))
+    return _TAPERS[key]
+
+
+_TAPERS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _cross_power(a: np.ndarray, b: np.ndarray, whiten: float, sigma_px: float) -> np.ndarray:
+    """Cross-power spectrum ``b a*`` of two :func:`_spectrum`, whitened and Gaussian-damped."""
     cross = b * np.conj(a)
     if whiten > 0:
         magnitude = np.abs(cross)
         cross /= np.maximum(magnitude, 1e-12 * max(magnitude.max(), 1e-300)) ** whiten
     if sigma_px > 0:
-        fy = np.fft.fftfreq(ref.shape[0])[:, None]
-        fx = np.fft.fftfreq(ref.shape[1])[None, :]
-        cross *= np.exp(-2 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
+        fy = np.fft.fftfreq(a.shape[0])[:, None]
+        fx = np.fft.fftfreq(a.shape[1])[None, :]
+        cross *= np.exp(-2 * np.pi**2 * sigma_px**2 * fy**2)
+        cross *= np.exp(-2 * np.pi**2 * sigma_px**2 * fx**2)
     return cross
 
 

@@ -56,7 +56,9 @@ import hashlib
 import logging
 import math
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -386,6 +388,36 @@ class _Table:
         ds[:] = values
 
 
+def deflate_chunk(values: np.ndarray, level: int) -> bytes:
+    """One chunk as HDF5's shuffle + deflate filters store it (for ``write_direct_chunk``).
+
+    The shuffle filter writes byte ``j`` of every element before byte ``j + 1`` of any
+    (a no-op for 1-byte types); deflate is a zlib stream (``compress2``) of that.
+    """
+    values = np.ascontiguousarray(values)
+    size = values.dtype.itemsize
+    raw = values.view(np.uint8).reshape(-1, size).T.tobytes() if size > 1 else values.tobytes()
+    return zlib.compress(raw, level)
+
+
+def _concat_rows(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of several frames as one block (fields missing in a frame get fill values)."""
+    if len(frames) == 1:
+        return frames[0]
+    names: dict[str, np.dtype] = {}
+    for rows in frames:
+        for name, values in rows.items():
+            names.setdefault(name, values.dtype)
+    out = {}
+    for name, dtype in names.items():
+        parts = []
+        for rows in frames:
+            n = len(next(iter(rows.values()))) if rows else 0
+            parts.append(rows[name] if name in rows else np.full(n, _fill_value(dtype), dtype))
+        out[name] = np.concatenate(parts)
+    return out
+
+
 def _is_frame_sorted(table: _Table) -> bool:
     """Whether a table's stored rows are in frame order (checked in chunks)."""
     if "frame" not in table.group:
@@ -456,18 +488,30 @@ class ResultsWriter:
     compression : {"gzip", "lzf"}
         Compression of maps and tables. gzip (level 1, with shuffle: half the time of
         level 4 on 512² maps) is readable by every HDF5 library; lzf is faster but needs
-        h5py.
+        h5py. gzip map chunks are compressed in a pool of threads (zlib releases the
+        GIL) and stored with ``write_direct_chunk``: the same bytes HDF5's shuffle and
+        deflate filters make, read back by any HDF5 library (tested).
+    commit_every : int
+        Commit the table rows every this many frames (1 = after each frame). Rows of
+        uncommitted frames are held in memory; :meth:`close` (also on an exception)
+        commits them, and a hard kill loses at most that many frames, which a resumed
+        run predicts again. Appending and flushing once per frame costs more than a
+        typical frame's columns are worth writing.
     """
 
     def __init__(self, path: str | os.PathLike, *, shape: tuple[int, int], n_frames: int,
                  attrs: Mapping[str, Any], resume: bool = False,
-                 compression: str = "gzip") -> None:
+                 compression: str = "gzip", commit_every: int = 1) -> None:
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         self.shape = _check_shape(shape)
         self.n_frames = _check_positive("n_frames", n_frames)
         self._attrs = _caller_attrs(attrs)
         self._compression = _compression_options(compression)
+        self._direct_chunks = compression == "gzip"
+        self.commit_every = _check_positive("commit_every", commit_every)
+        self._pending: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._finalized = False
         self._file: h5py.File | None = None
         if resume and self.partial_path.exists():
@@ -486,17 +530,34 @@ class ResultsWriter:
         self.close()
 
     def close(self) -> None:
-        """Close the partial file without finalising it (it stays resumable)."""
+        """Commit pending frames and close the partial file without finalising it (it
+        stays resumable)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._commit_pending()
+            except Exception as error:  # the file keeps its last commit
+                log.warning("could not commit the last frames of %s (%s); a resumed run "
+                            "predicts them again", self.partial_path, error)
+            finally:
+                self._file.close()
+                self._file = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     # -- state -----------------------------------------------------------------------
 
     @property
     def done_frames(self) -> set[int]:
-        """Frames whose maps, columns and frame row are committed (skip them on resume)."""
+        """Frames written: on opening, those committed (skip them on resume); then also
+        the frames written since (committed at the latest by :meth:`close`)."""
         return set(self._done)
+
+    def _settled(self) -> h5py.File:
+        """The open file with every pending frame committed (before reading tables)."""
+        f = self._require_open()
+        self._commit_pending()
+        return f
 
     def _require_open(self) -> h5py.File:
         if self._file is None:
@@ -625,16 +686,43 @@ class ResultsWriter:
                                   o_depth=o_depth, o_confidence=o_confidence)
         column_rows = self._prepare_columns(columns, i)
         frame_rows = self._prepare_frame_row(frame_row or {}, i)
-        try:
+        self._write_maps(f, i, maps)
+        self._pending.append((i, column_rows, frame_rows))
+        self._done.add(i)
+        if len(self._pending) >= self.commit_every:
+            self._commit_pending()
+
+    def _write_maps(self, f: h5py.File, i: int, maps: Mapping[str, np.ndarray]) -> None:
+        """Store the maps of frame ``i`` (chunk ``i`` of each map dataset)."""
+        level = int(self._compression.get("compression_opts", 0))
+        if self._direct_chunks is True:  # once: the stored filters must be ours exactly
+            self._direct_chunks = all(
+                ds.compression == "gzip" and ds.compression_opts == level and ds.shuffle
+                and ds.chunks == (1, *self.shape) and not ds.fletcher32 and not ds.scaleoffset
+                for ds in f["maps"].values())
+        if not self._direct_chunks:
             for name, values in maps.items():
                 f["maps"][name][i] = values
-            self._tables["columns"].append(column_rows)
-            self._tables["frames"].append(frame_rows)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2)
+        chunks = self._pool.map(lambda a: deflate_chunk(a, level), maps.values())
+        for name, chunk in zip(maps, chunks, strict=True):
+            f["maps"][name].id.write_direct_chunk((i, 0, 0), chunk)
+
+    def _commit_pending(self) -> None:
+        """Append the rows of the pending frames to the tables and commit them."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            for t, table in ((1, "columns"), (2, "frames")):
+                self._tables[table].append(_concat_rows([p[t] for p in pending]))
             self._commit()
         except BaseException:
             self._rollback()
+            self._done.difference_update(p[0] for p in pending)
             raise
-        self._done.add(i)
 
     def _check_new_frame(self, i: int) -> int:
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
@@ -703,11 +791,13 @@ class ResultsWriter:
             One array per field; ``species`` as ``str``. Row order is the order that
             :meth:`set_tracks` expects.
         """
+        self._settled()
         return _sorted_rows(self._tables["columns"])
 
     def read_frames(self) -> dict[str, np.ndarray]:
         """The ``/frames`` rows written so far, sorted by frame (the order of
         :meth:`update_frames`)."""
+        self._settled()
         return _sorted_rows(self._tables["frames"])
 
     def set_tracks(self, track: Any) -> None:
@@ -723,6 +813,7 @@ class ResultsWriter:
     @property
     def n_columns(self) -> int:
         """Number of ``/columns`` rows written so far."""
+        self._settled()
         return int(self._tables["columns"].n_rows)
 
     def sort_by_frame(self) -> None:
@@ -732,7 +823,7 @@ class ResultsWriter:
         before the row-range methods :meth:`column_frame_bounds`,
         :meth:`read_column_rows` and :meth:`write_column_rows`.
         """
-        self._require_open()
+        self._settled()
         for name in _FRAME_TABLES:
             table = self._tables[name]
             if not _is_frame_sorted(table):
@@ -749,7 +840,7 @@ class ResultsWriter:
         ValueError
             If the rows are not stored in frame order (call :meth:`sort_by_frame`).
         """
-        self._require_open()
+        self._settled()
         table = self._tables["columns"]
         counts = np.zeros(self.n_frames, np.int64)
         if not _is_frame_sorted(table):
@@ -767,14 +858,14 @@ class ResultsWriter:
 
         With :meth:`column_frame_bounds` this reads one frame at a time.
         """
-        self._require_open()
+        self._settled()
         table = self._tables["columns"]
         names = list(table.group) if fields is None else list(fields)
         return {name: _to_str(table.group[name][start:stop]) for name in names}
 
     def write_column_rows(self, start: int, stop: int, values: Mapping[str, Any]) -> None:
         """Overwrite (or add) fields of the stored ``/columns`` rows ``start:stop``."""
-        self._require_open()
+        self._settled()
         table = self._tables["columns"]
         if not 0 <= start <= stop <= table.n_rows:
             raise ValueError(f"rows {start}:{stop} outside the {table.n_rows} columns")
@@ -804,7 +895,7 @@ class ResultsWriter:
 
     def _set_sorted_field(self, table_name: str, name: str, values: Any) -> None:
         """Write a field given in frame-sorted row order into stored row order."""
-        f = self._require_open()
+        f = self._settled()
         table = self._tables[table_name]
         values = np.asarray(values)
         if values.shape != (table.n_rows,):
@@ -841,7 +932,7 @@ class ResultsWriter:
         A crash at any point leaves either the old or the new table in place (see
         :func:`_recover_swapped_tables`).
         """
-        f = self._require_open()
+        f = self._settled()
         new_name = name + _SWAP
         if new_name in f:
             del f[new_name]
@@ -869,7 +960,7 @@ class ResultsWriter:
         ValueError
             If some frames were not written (the partial file stays resumable).
         """
-        f = self._require_open()
+        f = self._settled()
         missing = sorted(set(range(self.n_frames)) - self._done)
         if missing:
             raise ValueError(

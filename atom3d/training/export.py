@@ -521,8 +521,9 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
     checkpoint = _read_checkpoint(ckpt_path)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{ckpt_path} is not a checkpoint of atom3d train fit")
-    task = ColumnSegmentationTask(**_arguments_of(ColumnSegmentationTask,
-                                                  checkpoint["hyper_parameters"]))
+    task_args = _arguments_of(ColumnSegmentationTask, checkpoint["hyper_parameters"])
+    task_args.pop("init_weights", None)  # the weights come from this checkpoint
+    task = ColumnSegmentationTask(**task_args)
     task.load_state_dict(checkpoint["state_dict"])
     data_hparams = _arguments_of(ColumnDataModule,
                                  checkpoint.get("datamodule_hyper_parameters", {}))

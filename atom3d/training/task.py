@@ -31,6 +31,7 @@ Constructor arguments are the config schema of ``model:`` in ``configs/train/*.y
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -154,6 +155,12 @@ class ColumnSegmentationTask(pl.LightningModule):
         Minimum presence ``1 − p0`` of a column peak.
     eval_margin_A : float
         Columns nearer than this to the image edge [Å] are not scored.
+    init_weights : str, optional
+        A Lightning checkpoint (``.ckpt``) whose network weights start this fit:
+        fine-tuning with a fresh optimizer and learning-rate schedule (e.g. on a larger
+        dataset), unlike ``--ckpt_path``, which resumes the whole training state. The
+        architecture must match; the class-weight buffers are this dataset's own.
+        Loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
     """
 
     def __init__(
@@ -177,6 +184,7 @@ class ColumnSegmentationTask(pl.LightningModule):
         match_distance_A: tuple[float, float] = (1.0, 0.7),
         column_threshold: float = 0.5,
         eval_margin_A: float = 1.0,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if max_depth < 1:
@@ -188,6 +196,25 @@ class ColumnSegmentationTask(pl.LightningModule):
         self.configure_models()
         self.configure_losses()
         self._val_counts: Tensor | None = None
+        if init_weights:
+            self.load_network_weights(init_weights)
+
+    def load_network_weights(self, path: str) -> None:
+        """Copy the U-Net weights of checkpoint ``path`` into :attr:`net` (see ``init_weights``)."""
+        from atom3d.errors import UserError
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as error:
+            raise UserError(f"model.init_weights: cannot read a checkpoint from {path} "
+                            f"({error})") from None
+        net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        try:
+            self.net.load_state_dict(net, strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise UserError(f"model.init_weights: {path} holds another architecture "
+                            f"({first})") from None
 
     # -- set-up -------------------------------------------------------------------------
     def configure_models(self) -> None:
