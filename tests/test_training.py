@@ -480,3 +480,48 @@ def test_one_pass_calibration_equals_the_two_separate_fits(tiny_store):
     assert fit["n_columns"] == n_col and n_pix["Ce"] > 0
     for sp in ("Ce", "O"):
         assert fit["column_temperature"][sp] == pytest.approx(t_col[sp], nan_ok=True)
+
+
+def test_explicit_validation_structures():
+    from atom3d.data.dataset import explicit_split
+    from atom3d.errors import ConfigError
+
+    done = np.ones(10, bool)
+    done[7] = False
+    train, val = explicit_split(10, [4, 2, 4], done)
+    assert val.tolist() == [2, 4] and train.tolist() == [0, 1, 3, 5, 6, 8, 9]
+    for bad in ([], [10], [7], list(range(10))):
+        with pytest.raises(ConfigError):
+            explicit_split(10, bad, done if bad != list(range(10)) else None)
+
+
+def test_fine_tuning_starts_from_checkpoint_weights_with_a_fresh_schedule(
+        tiny_store, tmp_path, monkeypatch):
+    from atom3d.errors import UserError
+    from atom3d.training.main import export_main, train_main
+    from atom3d.training.task import ColumnSegmentationTask
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(_cli_args(tiny_store, tmp_path / "a", "--trainer.max_epochs", "1")) == 0
+    first = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    saved = torch.load(first, weights_only=True)
+    hp = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}
+    task = ColumnSegmentationTask(**{**hp, "init_weights": str(first)})
+    for name, value in task.net.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][f"net.{name}"])
+    with pytest.raises(UserError, match="another architecture"):
+        ColumnSegmentationTask(**{**hp, "base_width": hp["base_width"] * 2,
+                                  "init_weights": str(first)})
+    with pytest.raises(UserError, match="cannot read"):
+        ColumnSegmentationTask(**{**hp, "init_weights": str(tmp_path / "missing.ckpt")})
+
+    # the validation split given explicitly; the fine-tuned run counts its own steps
+    args = _cli_args(tiny_store, tmp_path / "b", "--trainer.max_epochs", "1",
+                     "--model.init_weights", str(first), "--data.val_structures", "[1]")
+    assert train_main(args) == 0
+    tuned = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["global_step"] == saved["global_step"] == 2
+    assert tuned["datamodule_hyper_parameters"]["val_structures"] == [1]
+    first.unlink()  # export needs only the fine-tuned checkpoint
+    assert export_main([str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "-o",
+                        str(tmp_path / "model")]) == 0
