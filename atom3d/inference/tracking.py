@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import scipy.fft
 from scipy.optimize import linear_sum_assignment
 from scipy.signal.windows import tukey
 from scipy.sparse import coo_matrix
@@ -99,7 +100,7 @@ def _drift_from_spectra(a: np.ndarray, b: np.ndarray, upsample: int, whiten: flo
                         sigma_px: float) -> tuple[float, float]:
     """:func:`estimate_drift` from the :func:`_spectrum` of ``ref`` (a) and ``img`` (b)."""
     spectrum = _cross_power(a, b, whiten, sigma_px)
-    coarse = np.fft.ifft2(spectrum).real
+    coarse = scipy.fft.ifft2(spectrum, workers=_FFT_WORKERS).real
     peak = np.array(np.unravel_index(np.argmax(coarse), coarse.shape), dtype=np.float64)
     shape = np.array(coarse.shape)
     peak = np.where(peak >= shape // 2 + shape % 2, peak - shape, peak)  # signed shift
@@ -179,7 +180,7 @@ def cumulative_drift(
 def _spectrum(image: np.ndarray, window: bool) -> np.ndarray:
     """``F((image - mean) · taper)``: one image's half of the cross-power spectrum."""
     taper = _taper(image.shape) if window else 1.0
-    return np.fft.fft2((image - image.mean()) * taper)
+    return scipy.fft.fft2((image - image.mean()) * taper, workers=_FFT_WORKERS)
 
 
 def _taper(shape: tuple[int, int]) -> np.ndarray:
@@ -192,6 +193,8 @@ def _taper(shape: tuple[int, int]) -> np.ndarray:
 
 
 _TAPERS: dict[tuple[int, int], np.ndarray] = {}
+#: Threads of the drift FFTs (scipy.fft; the results do not depend on it).
+_FFT_WORKERS = 2
 
 
 def _cross_power(a: np.ndarray, b: np.ndarray, whiten: float, sigma_px: float) -> np.ndarray:
@@ -347,16 +350,14 @@ def _assign(a: np.ndarray, b: np.ndarray, max_dist: float) -> tuple[np.ndarray, 
     na, nb = len(a), len(b)
     graph = coo_matrix((np.ones(len(pairs)), (row, col + na)), shape=(na + nb, na + nb))
     _, label = connected_components(graph, directed=False)
-    rows_out, cols_out = [], []
     pair_label = label[row]
-    order = np.argsort(pair_label, kind="stable")
+    single = np.bincount(pair_label)[pair_label] == 1  # the usual case: one candidate
+    rows_out, cols_out = [row[single]], [col[single]]
+    multi = np.flatnonzero(~single)
+    order = multi[np.argsort(pair_label[multi], kind="stable")]
     bounds = np.flatnonzero(np.diff(pair_label[order])) + 1
-    for group in np.split(order, bounds):
+    for group in np.split(order, bounds) if len(order) else ():
         r, c, d = row[group], col[group], dist[group]
-        if len(group) == 1:
-            rows_out.append(r)
-            cols_out.append(c)
-            continue
         ur, ri = np.unique(r, return_inverse=True)
         uc, ci = np.unique(c, return_inverse=True)
         big = max_dist * (len(ur) + len(uc)) + 1.0  # > any sum of feasible costs
@@ -366,7 +367,9 @@ def _assign(a: np.ndarray, b: np.ndarray, max_dist: float) -> tuple[np.ndarray, 
         ok = cost[sr, sc] < big
         rows_out.append(ur[sr[ok]])
         cols_out.append(uc[sc[ok]])
-    return np.concatenate(rows_out).astype(np.intp), np.concatenate(cols_out).astype(np.intp)
+    rows, cols = np.concatenate(rows_out).astype(np.intp), np.concatenate(cols_out).astype(np.intp)
+    by_row = np.argsort(rows, kind="stable")
+    return rows[by_row], cols[by_row]
 
 
 # ---------------------------------------------------------------------------------------
