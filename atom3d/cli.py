@@ -186,6 +186,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass")
     p.add_argument("--noise-seed", type=_seed, default=12345, help="seed of the shot noise")
+    p.add_argument("--baseline-cache", type=Path, default=None,
+                   help="directory of cached baseline columns per image (default "
+                        "$ATOM3D_CACHE_DIR/baseline or ~/.cache/atom3d/baseline); entries are "
+                        "keyed by image, noise seed, filter and baseline code")
+    p.add_argument("--no-baseline-cache", action="store_true",
+                   help="recompute the baseline on every image and store nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -204,7 +210,8 @@ def _cmd_evaluate(args) -> int:
     doc = main_evaluate(args.data, args.out, model=args.model, baseline=args.baseline,
                         denoise=den, baseline_denoise=bden, device=args.device,
                         batch_size=args.batch_size, limit=args.limit,
-                        noise_seed=args.noise_seed, progress=not args.quiet)
+                        noise_seed=args.noise_seed, progress=not args.quiet,
+                        baseline_cache=False if args.no_baseline_cache else args.baseline_cache)
     from atom3d.evaluation.evaluate import dose_table
 
     print(_evaluation_table(doc))

@@ -11,7 +11,8 @@ temporary directory, then measures
     frames, in a subprocess;
 ``forward_frames_per_second``
     the bare network (``model(x)`` under ``torch.no_grad``) on the same number of tiles per
-    frame, in the same batches, in this process;
+    frame, in the same batches, in this process, timed before and after the end-to-end
+    run (the mean time per frame of the two);
 ``overhead``
     ``1 - frames_per_second / forward_frames_per_second``: the share of time spent
     outside the network; ``overhead_in_run`` is the same share measured inside the
@@ -316,11 +317,16 @@ def main(argv: list[str] | None = None) -> int:
         script = Path(__file__).resolve()
         common = ["--series", str(series), "--pixel", str(args.pixel), "--model", model_arg,
                   "--batch-size", str(args.batch_size), "--device", args.device]
+        n_fwd = args.forward_frames or min(args.frames, 20)
+        # the bare network is timed before and after the end-to-end run and averaged,
+        # so that a drift of a shared machine's speed does not bias the overhead
+        before, n_tiles = forward_fps(model_arg, args.size, args.pixel, args.batch_size,
+                                      args.device, n_fwd)
         e2e = run_child(script, common, args.frames, work / "throughput.h5")
         fps = e2e["frames"] / e2e["seconds"]
-        n_fwd = args.forward_frames or min(args.frames, 20)
-        fwd, n_tiles = forward_fps(model_arg, args.size, args.pixel, args.batch_size,
-                                   args.device, n_fwd)
+        after, _ = forward_fps(model_arg, args.size, args.pixel, args.batch_size,
+                               args.device, n_fwd)
+        fwd = 2.0 / (1.0 / before + 1.0 / after)  # mean time per frame
         rss_model, rss_label = model_arg, label
         if args.rss_model == "tiny":
             rss_model, rss_label = resolve_model(None, work, kind="tiny")
@@ -343,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiles_per_frame": n_tiles,
         "frames_per_second": round(fps, 4),
         "forward_frames_per_second": round(fwd, 4),
+        "forward_frames_per_second_before_after": [round(before, 4), round(after, 4)],
         "overhead": round(1.0 - fps / fwd, 4),
         "overhead_in_run": round(1.0 - e2e["network_s"] / e2e["seconds"], 4),
         "end_to_end_seconds": round(e2e["seconds"], 2),

@@ -17,3 +17,17 @@ def tiny_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
     run_campaign(load_campaign_config(TINY_CONFIG), out, seed=1, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Caches (e.g. evaluate's baseline cache) go to a temporary directory, not ~/.cache."""
+    import os
+
+    old = os.environ.get("ATOM3D_CACHE_DIR")
+    os.environ["ATOM3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("ATOM3D_CACHE_DIR", None)
+    else:
+        os.environ["ATOM3D_CACHE_DIR"] = old

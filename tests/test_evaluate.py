@@ -113,3 +113,25 @@ def test_denoising_filters_reduce_shot_noise(method):
     out = denoise(noisy.astype(np.float32), p, method, 0.3, dose)
     assert out.shape == clean.shape
     assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+
+
+def test_baseline_columns_are_cached_per_image(tiny_store, random_model, tmp_path,
+                                               monkeypatch):
+    import atom3d.evaluation.baseline as baseline_module
+
+    cache = tmp_path / "cache"
+    args = ["evaluate", "--data", str(tiny_store), "--model", str(random_model), "--baseline",
+            "--quiet", "--limit", "3", "--baseline-cache", str(cache)]
+    assert main(args + ["-o", str(tmp_path / "a")]) == 0
+    assert len(list(cache.glob("*.npz"))) == 3
+
+    def fail(*a, **k):
+        raise AssertionError("the baseline ran although its columns were cached")
+
+    monkeypatch.setattr(baseline_module, "run_baseline", fail)
+    assert main(args + ["-o", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert a["results"]["baseline"] == b["results"]["baseline"]
+    # another noise seed is another image: recomputed (and here it fails loudly)
+    with pytest.raises(AssertionError, match="baseline ran"):
+        main(args + ["-o", str(tmp_path / "c"), "--noise-seed", "7"])
