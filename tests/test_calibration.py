@@ -130,3 +130,55 @@ def test_pooled_temperature_rejects_bad_input():
         fit_pooled_temperature(logits, np.zeros_like(weights), labels)
     with pytest.raises(ValueError, match="labels"):
         fit_pooled_temperature(logits, weights, labels + 10)
+
+
+def test_confidence_map_calibrates_an_overconfident_middle():
+    from atom3d.training.calibration import expected_calibration_error, fit_confidence_map
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.2, 1.0, 20_000)
+    # right at both ends, over-confident in the middle: no temperature fixes this shape
+    accuracy = np.where((confidence > 0.5) & (confidence < 0.9), confidence - 0.2, confidence)
+    correct = rng.uniform(size=confidence.size) < accuracy
+    knots = fit_confidence_map(confidence, correct, max_knots=32)
+    x, y = np.array(knots["confidence"]), np.array(knots["accuracy"])
+    assert len(x) <= 32 and np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
+    before = expected_calibration_error(confidence, correct)
+    mapped = np.interp(confidence, x, y)
+    assert before > 0.05 and expected_calibration_error(mapped, correct) < 0.02
+    # fresh data from the same law: still calibrated (no overfitting)
+    fresh = rng.uniform(0.2, 1.0, 20_000)
+    truth = np.where((fresh > 0.5) & (fresh < 0.9), fresh - 0.2, fresh)
+    ok = rng.uniform(size=fresh.size) < truth
+    assert expected_calibration_error(np.interp(fresh, x, y), ok) < 0.02
+    with pytest.raises(ValueError):
+        fit_confidence_map([], [])
+
+
+def test_artifact_confidence_map_is_stored_validated_and_applied(tmp_path):
+    import torch
+
+    from atom3d.inference.predictor import Predictor
+    from atom3d.models.artifact import load_artifact, save_artifact
+    from atom3d.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(6, 6))
+    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
+                  normalization={}, training_domain={})
+    flat = {"confidence": [0.0, 1.0], "accuracy": [0.5, 0.5]}
+    save_artifact(net, tmp_path / "m", confidence_map={"Ce": flat}, **common)
+    artifact = load_artifact(tmp_path / "m")
+    np.testing.assert_allclose(artifact.map_confidence("Ce", [0.1, 0.9]), [0.5, 0.5])
+    np.testing.assert_allclose(artifact.map_confidence("O", [0.1, 0.9]), [0.1, 0.9])
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
+    frame[::8, ::8] += 200.0
+    pred = Predictor(artifact).predict(frame, 0.2)
+    assert len(pred.columns["Ce"]) > 0
+    np.testing.assert_allclose(pred.columns["Ce"].confidence, 0.5)
+    for bad in ({"Ce": {"confidence": [0.5, 0.2], "accuracy": [0.1, 0.2]}},
+                {"Ce": {"confidence": [0.2], "accuracy": [1.5]}},
+                {"Xe": flat}):
+        with pytest.raises(ValueError):
+            save_artifact(net, tmp_path / "bad", confidence_map=bad, **common)

@@ -34,7 +34,10 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
    whose centre lies within ``edge_margin_A`` (default 1.0 Å, as in ``atom3d
    evaluate``) of the frame border are dropped: half of such a column is outside the
    field of view and the network sees reflected padding there, so border detections
-   are mostly spurious. The column work of the frames of a batch runs in a pool of
+   are mostly spurious. A column's confidence is its pooled probability of the
+   reported depth, passed through the artifact's monotone confidence map when it has
+   one (:meth:`atom3d.models.artifact.ModelArtifact.map_confidence`, fitted on
+   held-out data at export); its ``probs`` stay the pooled probabilities. The column work of the frames of a batch runs in a pool of
    threads (NumPy and SciPy release the GIL), one per torch thread.
 4. **Maps on the input grid**: when the input pixel size is the model's, the maps of
    step 3 are the result. Otherwise every calibrated class-probability channel is
@@ -50,6 +53,7 @@ depth maps are 0, its confidence maps NaN and its column tables empty.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -388,6 +392,9 @@ class Predictor:
             table = find_columns_from(presence, class_probs, zs.shape[0], self.pixel_size_A,
                                       MIN_SEPARATION_A[species])
             table = self._inside(table, shapes[f], pixel_size_A)
+            if len(table):
+                table = dataclasses.replace(
+                    table, confidence=self.artifact.map_confidence(species, table.confidence))
             if same and depth.shape == tuple(shapes[f]):
                 maps = (depth, confidence)
             else:

@@ -20,6 +20,9 @@
 ``temperature``
     Calibration temperature per species, ``{"Ce": T, "O": T}`` of the depth given a
     column (see :func:`calibrated_softmax`).
+``confidence_map`` (optional)
+    Per species, knots of a monotone map applied to each column's pooled confidence
+    (:meth:`ModelArtifact.map_confidence`).
 ``atom3d_version``
     Version of atom3d that wrote the artifact.
 ``weights_sha256``
@@ -128,6 +131,21 @@ class ModelArtifact:
     def temperature(self) -> dict[str, float]:
         """Calibration temperature per species."""
         return {s: float(t) for s, t in self.config["temperature"].items()}
+
+    def map_confidence(self, species: str, confidence: Any) -> np.ndarray:
+        """Column confidences through the artifact's monotone confidence map, if any.
+
+        ``config["confidence_map"][species]`` holds knots ``{"confidence": [...],
+        "accuracy": [...]}`` (isotonic regression of correctness on the pooled column
+        confidence, :func:`atom3d.training.calibration.fit_confidence_map`); values are
+        joined linearly and held constant beyond the end knots. Without a map the
+        confidence is returned unchanged (float32).
+        """
+        c = np.asarray(confidence, np.float32)
+        knots = (self.config.get("confidence_map") or {}).get(species)
+        if not knots:
+            return c
+        return np.interp(c, knots["confidence"], knots["accuracy"]).astype(np.float32)
 
     @property
     def weights_sha256(self) -> str:
@@ -255,6 +273,7 @@ def save_artifact(
     training_domain: Mapping[str, Any],
     temperature: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    confidence_map: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``.
 
@@ -280,6 +299,9 @@ def save_artifact(
         Calibration temperature per species; default 1.0 for each.
     metrics : mapping, optional
         Free-form, JSON-serialisable evaluation figures.
+    confidence_map : mapping, optional
+        Per species, knots ``{"confidence": [...], "accuracy": [...]}`` of a monotone
+        map applied to column confidences (:meth:`ModelArtifact.map_confidence`).
 
     Returns
     -------
@@ -313,6 +335,8 @@ def save_artifact(
         "weights_sha256": sha256_hex(weights),
         "metrics": dict(metrics or {}),
     }
+    if confidence_map:
+        config["confidence_map"] = _check_confidence_map(confidence_map, classes)
     try:
         text = json.dumps(config, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
@@ -323,6 +347,21 @@ def save_artifact(
     _write_atomic(directory / WEIGHTS_FILE, weights)
     _write_atomic(directory / CONFIG_FILE, text.encode("utf-8"))
     return directory
+
+
+def _check_confidence_map(maps: Mapping[str, Mapping[str, Any]],
+                          classes: Mapping[str, int]) -> dict[str, dict[str, list[float]]]:
+    out = {}
+    for species, knots in maps.items():
+        if species not in classes:
+            raise ValueError(f"confidence_map: unknown species {species!r}")
+        x = [float(v) for v in knots["confidence"]]
+        y = [float(v) for v in knots["accuracy"]]
+        if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])) \
+                or any(b < a for a, b in zip(y, y[1:])) or not all(0 <= v <= 1 for v in x + y):
+            raise ValueError(f"confidence_map[{species!r}] must be non-decreasing knots in [0, 1]")
+        out[species] = {"confidence": x, "accuracy": y}
+    return out
 
 
 def packaged_models() -> list[str]:

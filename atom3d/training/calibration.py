@@ -149,3 +149,60 @@ def expected_calibration_error(confidence: ArrayLike | Tensor, correct: ArrayLik
                                n_bins: int = 10) -> float:
     """:func:`atom3d.evaluation.metrics.ece` (the one implementation) for arrays or tensors."""
     return _metrics.ece(_to_numpy(confidence), _to_numpy(correct), n_bins)
+
+
+def fit_confidence_map(confidence: ArrayLike, correct: ArrayLike,
+                       max_knots: int = 64) -> dict[str, list[float]]:
+    """Monotone map from reported confidence to observed accuracy (isotonic regression).
+
+    Pool-adjacent-violators on the items sorted by confidence gives the non-decreasing
+    step function that best fits correctness (least squares); its blocks become knots
+    ``(mean confidence, accuracy)`` joined by straight lines
+    (:meth:`atom3d.models.artifact.ModelArtifact.map_confidence`). Adjacent blocks are merged (weighted) until at most
+    ``max_knots`` remain. Where one temperature cannot calibrate every confidence level
+    (over-confident in the middle, well calibrated at the ends), this can.
+
+    Parameters
+    ----------
+    confidence : array_like
+        ``(N,)`` reported confidences in [0, 1].
+    correct : array_like
+        ``(N,)`` bool or 0/1: was the reported label right.
+    max_knots : int
+        Largest number of knots kept.
+
+    Returns
+    -------
+    dict
+        ``{"confidence": [...], "accuracy": [...]}``, both non-decreasing.
+    """
+    x = np.asarray(confidence, np.float64).reshape(-1)
+    y = np.asarray(correct, np.float64).reshape(-1)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"need equal, non-empty confidence and correct, got {x.shape}, {y.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("confidence must be finite")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    # pool adjacent violators: blocks of (sum y, sum x, count)
+    sy: list[float] = []
+    sx: list[float] = []
+    n: list[float] = []
+    for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
+        sy.append(yi)
+        sx.append(xi)
+        n.append(1.0)
+        while len(n) > 1 and sy[-2] / n[-2] >= sy[-1] / n[-1]:
+            last_y, last_x, last_n = sy.pop(), sx.pop(), n.pop()
+            sy[-1] += last_y
+            sx[-1] += last_x
+            n[-1] += last_n
+    sy_a, sx_a, n_a = np.array(sy), np.array(sx), np.array(n)
+    while len(n_a) > max_knots:  # merge the lightest adjacent pair (keeps monotonicity)
+        pair = np.argmin(n_a[:-1] + n_a[1:])
+        sy_a[pair] += sy_a[pair + 1]
+        sx_a[pair] += sx_a[pair + 1]
+        n_a[pair] += n_a[pair + 1]
+        sy_a, sx_a, n_a = (np.delete(a, pair + 1) for a in (sy_a, sx_a, n_a))
+    return {"confidence": (sx_a / n_a).tolist(), "accuracy": (sy_a / n_a).tolist()}
+

@@ -57,7 +57,8 @@ from atom3d.errors import UserError
 from atom3d.evaluation.metrics import aggregate, match_columns
 from atom3d.inference.columns import find_columns, pool_support
 from atom3d.models.artifact import calibrated_softmax, save_artifact
-from atom3d.training.calibration import fit_pooled_temperature, fit_temperature
+from atom3d.training.calibration import (expected_calibration_error, fit_confidence_map,
+                                         fit_pooled_temperature, fit_temperature)
 from atom3d.training.task import (
     SPECIES,
     ColumnSegmentationTask,
@@ -82,6 +83,8 @@ NORMALIZATION = {
 
 
 #: Fewest matched validation columns for the column-level temperature fit.
+#: Fewest matched columns for fitting a confidence map (isotonic regression).
+MIN_MAP_COLUMNS = 2000
 MIN_CALIBRATION_COLUMNS = 100
 
 
@@ -164,14 +167,28 @@ def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any],
 
 
 def _fit_columns(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 rng: np.random.Generator, max_columns: int) -> tuple[float, int]:
+                 rng: np.random.Generator, max_columns: int
+                 ) -> tuple[float, int, dict[str, Any] | None]:
+    """Pooled temperature, number of columns and the confidence map fitted after it."""
     if not chunks:
-        return float("nan"), 0
+        return float("nan"), 0, None
     z, w, y = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
     if len(y) > max_columns:
         pick = np.sort(rng.choice(len(y), max_columns, replace=False))
         z, w, y = z[pick], w[pick], y[pick]
-    return fit_pooled_temperature(z, w, y), int(len(y))
+    temperature = fit_pooled_temperature(z, w, y)
+    confidence_map = None
+    if len(y) >= MIN_MAP_COLUMNS:
+        q = torch.softmax(torch.as_tensor(z, dtype=torch.float64) / temperature, dim=2)
+        weights = torch.as_tensor(w, dtype=torch.float64)
+        pooled = ((q * weights[..., None]).sum(dim=1) / weights.sum(dim=1)[:, None]).numpy()
+        confidence, correct = pooled.max(axis=1), pooled.argmax(axis=1) == y
+        knots = fit_confidence_map(confidence, correct)
+        mapped = np.interp(confidence, knots["confidence"], knots["accuracy"])
+        confidence_map = {**knots, "n_columns": int(len(y)),
+                          "ece_before": float(expected_calibration_error(confidence, correct)),
+                          "ece_after": float(expected_calibration_error(mapped, correct))}
+    return temperature, int(len(y)), confidence_map
 
 
 def _per_batch(loader, max_pixels: int, max_batches: int | None) -> int:
@@ -229,7 +246,11 @@ def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000
     """:func:`calibrate_temperature` and :func:`calibrate_columns` in one pass of the network.
 
     Same results as calling both (same seeds); returns ``{"pixel_temperature",
-    "n_pixels", "column_temperature", "n_columns"}``, each a per-species dict.
+    "n_pixels", "column_temperature", "n_columns", "confidence_map"}``, each a
+    per-species dict. The confidence map (None below ``MIN_MAP_COLUMNS`` columns) is the
+    isotonic fit of correctness on the pooled confidence at the column temperature
+    (:func:`~atom3d.training.calibration.fit_confidence_map`), with its in-sample ECE
+    before and after.
     """
     pixel_rng, column_rng = np.random.default_rng(seed), np.random.default_rng(seed)
     per_batch = _per_batch(loader, max_pixels, max_batches)
@@ -245,7 +266,8 @@ def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000
     return {"pixel_temperature": {sp: f[0] for sp, f in pixel_fits.items()},
             "n_pixels": {sp: f[1] for sp, f in pixel_fits.items()},
             "column_temperature": {sp: f[0] for sp, f in column_fits.items()},
-            "n_columns": {sp: f[1] for sp, f in column_fits.items()}}
+            "n_columns": {sp: f[1] for sp, f in column_fits.items()},
+            "confidence_map": {sp: f[2] for sp, f in column_fits.items()}}
 
 
 def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[str, float], *,
@@ -389,6 +411,7 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
     hp = datamodule.hparams
     if datamodule.val_dataset is None or len(datamodule.val_dataset) == 0:
         temperature = {sp: 1.0 for sp, _ in SPECIES}
+        confidence_map, map_figures = {}, {}
         pixel_temperature = dict(temperature)
         used = n_columns = {sp: 0 for sp, _ in SPECIES}
         figures: dict[str, Any] = {"n_images": 0}
@@ -403,6 +426,12 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         column_temperature, n_columns = fit["column_temperature"], fit["n_columns"]
         temperature = {sp: column_temperature[sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
                        else pixel_temperature[sp] for sp, _ in SPECIES}
+        maps = {sp: fit["confidence_map"][sp] for sp, _ in SPECIES
+                if n_columns[sp] >= MIN_CALIBRATION_COLUMNS and fit["confidence_map"][sp]}
+        confidence_map = {sp: {k: m[k] for k in ("confidence", "accuracy")}
+                          for sp, m in maps.items()}
+        map_figures = {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
+                       for sp, m in maps.items()}
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
@@ -415,7 +444,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                         "n_columns": n_columns,
                         "pixels": "column cores (target amplitude >= 0.5), true depth as label",
                         "n_pixels": used,
-                        "temperature_pixels": pixel_temperature},
+                        "temperature_pixels": pixel_temperature,
+                        "confidence_map": map_figures or "none (too few matched columns)",
+                        "note": "validation figures are before the confidence map"},
         "evaluation": {"min_separation_A": list(task.hparams.min_separation_A),
                        "match_distance_A": list(task.hparams.match_distance_A),
                        "edge_margin_A": float(task.hparams.eval_margin_A),
@@ -429,7 +460,8 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         task.net, out_dir, name=name, classes={"Ce": k, "O": k},
         pixel_size_A=float(hp.pixel_size_A), normalization=NORMALIZATION,
         training_domain=_strict_json(training_domain(datamodule.info, dict(hp))),
-        temperature=temperature, metrics=_strict_json(metrics))
+        temperature=temperature, metrics=_strict_json(metrics),
+        confidence_map=confidence_map or None)
 
 
 class _Chained:
