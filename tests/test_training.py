@@ -522,6 +522,12 @@ def test_fine_tuning_starts_from_checkpoint_weights_with_a_fresh_schedule(
     tuned = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert tuned["global_step"] == saved["global_step"] == 2
     assert tuned["datamodule_hyper_parameters"]["val_structures"] == [1]
+    # every checkpoint records the split it trained on (export calibrates on it)
+    assert saved["ColumnDataModule"]["val_structures"] == [1 - saved["ColumnDataModule"][
+        "train_structures"][0]]
+    assert tuned["ColumnDataModule"] == {"train_structures": [0], "val_structures": [1]}
+    assert export_main([str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "-o",
+                        str(tmp_path / "x"), "--val-structures", "[1, 'a']"]) == 2
     first.unlink()  # export needs only the fine-tuned checkpoint
     assert export_main([str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "-o",
                         str(tmp_path / "model")]) == 0

@@ -8,11 +8,19 @@ the network heads and class weights, see :mod:`atom3d.training.main`); items are
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
+import numpy as np
 from torch.utils.data import DataLoader
 
-from atom3d.data.dataset import (ColumnDataset, explicit_split, image_indices, read_store_info,
-                                 split_structures)
+from atom3d.data.dataset import (
+    ColumnDataset,
+    explicit_split,
+    image_indices,
+    read_store_info,
+    split_structures,
+)
 from atom3d.errors import ConfigError
 
 __all__ = ["ColumnDataModule"]
@@ -130,6 +138,26 @@ class ColumnDataModule(pl.LightningDataModule):
             pixel_jitter=hp.pixel_jitter, dose_range_e_per_A2=hp.dose_range_e_per_A2,
             gain_range=hp.gain_range, augment=hp.augment, seed=hp.seed, info=self.info,
             cache_images=hp.cache_images)
+
+    def state_dict(self) -> dict[str, list[int]]:
+        """The structure split, saved in every checkpoint: an export of the checkpoint
+        calibrates on these validation structures even after the store has grown (a
+        fractional split of a grown store would hold structures the model trained on)."""
+        return {"train_structures": self.train_structures.tolist(),
+                "val_structures": self.val_structures.tolist()}
+
+    def load_state_dict(self, state_dict: dict[str, list[int]]) -> None:
+        """Keep a resumed run on the split it started with (see :meth:`state_dict`)."""
+        if "val_structures" not in state_dict:
+            return
+        val = np.asarray(state_dict["val_structures"], np.int64)
+        train = np.asarray(state_dict["train_structures"], np.int64)
+        if not (np.array_equal(val, self.val_structures)
+                and np.array_equal(train, self.train_structures)):
+            warnings.warn("the checkpoint's train/validation split differs from the one of "
+                          "the store now; resuming on the checkpoint's split", stacklevel=2)
+            self.train_structures, self.val_structures = train, val
+            self.train_dataset = self.val_dataset = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:

@@ -66,8 +66,13 @@ from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
 from atom3d.inference.columns import ColumnTable, find_columns_from, maps_from_probs
 from atom3d.inference.tiling import predict_tiled
-from atom3d.models.artifact import (SPECIES, ModelArtifact, calibrated_maps,
-                                    calibrated_probs_numpy, calibrated_softmax)
+from atom3d.models.artifact import (
+    SPECIES,
+    ModelArtifact,
+    calibrated_maps,
+    calibrated_probs_numpy,
+    calibrated_softmax,
+)
 
 __all__ = ["MIN_SEPARATION_A", "FramePrediction", "Predictor", "resolve_device"]
 

@@ -357,8 +357,8 @@ def _check_confidence_map(maps: Mapping[str, Mapping[str, Any]],
             raise ValueError(f"confidence_map: unknown species {species!r}")
         x = [float(v) for v in knots["confidence"]]
         y = [float(v) for v in knots["accuracy"]]
-        if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])) \
-                or any(b < a for a, b in zip(y, y[1:])) or not all(0 <= v <= 1 for v in x + y):
+        monotone = all(np.diff(x) >= 0) and all(np.diff(y) >= 0)
+        if not x or len(x) != len(y) or not monotone or not all(0 <= v <= 1 for v in x + y):
             raise ValueError(f"confidence_map[{species!r}] must be non-decreasing knots in [0, 1]")
         out[species] = {"confidence": x, "accuracy": y}
     return out

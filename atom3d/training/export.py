@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import sys
 from collections.abc import Mapping
@@ -57,8 +58,12 @@ from atom3d.errors import UserError
 from atom3d.evaluation.metrics import aggregate, match_columns
 from atom3d.inference.columns import find_columns, pool_support
 from atom3d.models.artifact import calibrated_softmax, save_artifact
-from atom3d.training.calibration import (expected_calibration_error, fit_confidence_map,
-                                         fit_pooled_temperature, fit_temperature)
+from atom3d.training.calibration import (
+    expected_calibration_error,
+    fit_confidence_map,
+    fit_pooled_temperature,
+    fit_temperature,
+)
 from atom3d.training.task import (
     SPECIES,
     ColumnSegmentationTask,
@@ -526,7 +531,8 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
                       *, name: str = "ceo2-110", max_batches: int | None = None,
                       num_workers: int = 0, batch_size: int | None = None,
                       max_pixels: int = 200_000,
-                      calibration_store: str | Path | None = None) -> Path:
+                      calibration_store: str | Path | None = None,
+                      val_structures: list[int] | None = None) -> Path:
     """Calibrate and export the network of a Lightning checkpoint of :class:`ColumnSegmentationTask`.
 
     Parameters
@@ -541,6 +547,10 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
         Artifact directory.
     name, max_batches, max_pixels, calibration_store
         See :func:`export_model`.
+    val_structures : list of int, optional
+        The validation structures; default those the checkpoint records (checkpoints
+        of this version save the split), else the training run's fractional split of
+        the store as it is now, which is only right if the store has not grown.
     num_workers, batch_size : int
         DataLoader settings for the calibration pass (default: 0 workers, the training
         batch size).
@@ -567,6 +577,12 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
     data_hparams["persistent_workers"] = False
     if batch_size is not None:
         data_hparams["batch_size"] = data_hparams["val_batch_size"] = int(batch_size)
+    if val_structures is not None:
+        data_hparams["val_structures"] = [int(v) for v in val_structures]
+    else:
+        state = checkpoint.get(ColumnDataModule.__qualname__) or {}
+        if "val_structures" in state and data_hparams.get("val_structures") is None:
+            data_hparams["val_structures"] = list(state["val_structures"])
     datamodule = ColumnDataModule(**data_hparams)
     if datamodule.max_depth + 1 != task.n_classes:
         raise UserError(f"dataset {data_hparams['path']} has max_depth {datamodule.max_depth}, "
@@ -596,11 +612,23 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-data", type=Path, default=None, metavar="STORE",
                         help="also fit the temperature on every image of this separate "
                              "store (own seed, never trained on), with the validation split")
+    parser.add_argument("--val-structures", default=None, metavar="JSON",
+                        help="validation structures as a JSON list, e.g. '[8, 37]' (default: "
+                             "the split the checkpoint records)")
     args = parser.parse_args(argv)
     try:
+        val = None
+        if args.val_structures is not None:
+            try:
+                val = json.loads(args.val_structures)
+                if not isinstance(val, list) or not all(isinstance(v, int) for v in val):
+                    raise ValueError
+            except ValueError:
+                raise UserError(f"--val-structures must be a JSON list of integers, got "
+                                f"{args.val_structures!r}") from None
         out = export_checkpoint(args.checkpoint, args.data, args.out, name=args.name,
                                 max_batches=args.max_batches, num_workers=args.workers,
-                                calibration_store=args.calibration_data)
+                                calibration_store=args.calibration_data, val_structures=val)
     except UserError as error:
         print(f"atom3d: error: {error}", file=sys.stderr)
         return 2
