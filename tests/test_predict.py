@@ -651,3 +651,13 @@ def test_fused_maps_and_columns_equal_the_probability_path(model_dir):
         np.testing.assert_allclose(got.y_A, ref.y_A, atol=1e-4)
         np.testing.assert_array_equal(got.depth, ref.depth)
         np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)
+
+
+def test_malloc_arenas_are_capped_on_linux():
+    import sys
+
+    from atom3d.inference.memory import limit_malloc_arenas
+
+    result = limit_malloc_arenas()
+    assert result is (True if sys.platform.startswith("linux") else False)
+    assert limit_malloc_arenas() is result  # idempotent

@@ -65,6 +65,7 @@ import torch
 from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
 from atom3d.inference.columns import ColumnTable, find_columns_from, maps_from_probs
+from atom3d.inference.memory import limit_malloc_arenas
 from atom3d.inference.tiling import predict_tiled
 from atom3d.models.artifact import (
     SPECIES,
@@ -75,6 +76,9 @@ from atom3d.models.artifact import (
 )
 
 __all__ = ["MIN_SEPARATION_A", "FramePrediction", "Predictor", "resolve_device"]
+
+# before torch's and our worker threads first allocate (see atom3d.inference.memory)
+limit_malloc_arenas()
 
 #: Smallest distance between two columns of one species [Å] (peak thinning).
 MIN_SEPARATION_A = {"Ce": 2.6, "O": 1.6}

@@ -482,6 +482,9 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
     """
     from tqdm import tqdm
 
+    from atom3d.inference.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any worker thread allocates: flat memory over long series
     out = Path(out)
     source = str(getattr(series, "path", ""))
     attrs = {

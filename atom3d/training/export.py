@@ -575,6 +575,11 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
         raise UserError(f"{ckpt_path} does not record its dataset; pass the store path")
     data_hparams["num_workers"] = int(num_workers)
     data_hparams["persistent_workers"] = False
+    # calibrate and validate on whole images, as atom3d predict and evaluate see them:
+    # a centred crop (training's val_crop_px) leaves out the particle's rim, where the
+    # network is more sure than right, and a confidence map fitted without the rim does
+    # not calibrate whole frames
+    data_hparams["val_crop_px"] = None
     if batch_size is not None:
         data_hparams["batch_size"] = data_hparams["val_batch_size"] = int(batch_size)
     if val_structures is not None:
