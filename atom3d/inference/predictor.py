@@ -37,8 +37,9 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
    are mostly spurious. A column's confidence is its pooled probability of the
    reported depth, passed through the artifact's monotone confidence map when it has
    one (:meth:`atom3d.models.artifact.ModelArtifact.map_confidence`, fitted on
-   held-out data at export); its ``probs`` stay the pooled probabilities. The column work of the frames of a batch runs in a pool of
-   threads (NumPy and SciPy release the GIL), one per torch thread.
+   held-out data at export); its ``probs`` stay the pooled probabilities. The column
+   work of the frames of a batch runs in a pool of threads (NumPy and SciPy release
+   the GIL), one per torch thread.
 4. **Maps on the input grid**: when the input pixel size is the model's, the maps of
    step 3 are the result. Otherwise every calibrated class-probability channel is
    resampled back to the input pixel grid *bilinearly* (``order=1``; a convex
