@@ -291,7 +291,9 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
         for d in baseline_denoise:
             name = "baseline" if d == "gaussian" else f"baseline+{d}"
             methods[name], info[name] = baseline_method(d, int(root.attrs["max_depth"]))
-    cache = None if baseline_cache is False else BaselineCache(baseline_cache or None)
+    # only with --baseline: the cache's key hashes the simulation code (the simulate extra)
+    cache = (BaselineCache(baseline_cache or None)
+             if baseline and baseline_cache is not False else None)
     run = evaluate_store(data, methods, noise_seed=noise_seed, limit=limit, progress=progress,
                          cache=cache)
     summary = summarise(run)
