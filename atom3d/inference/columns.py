@@ -19,6 +19,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+#: Defaults of :func:`find_columns` (and :func:`find_columns_from`): minimum presence
+#: at a peak, radius of the pooling disc [Å], smoothing of the presence map [Å].
+PRESENCE_THRESHOLD = 0.5
+POOL_RADIUS_A = 0.4
+SMOOTH_SIGMA_A = 0.1
+
 __all__ = ["ColumnTable", "find_columns", "find_columns_from", "maps_from_probs", "pool_support"]
 
 
@@ -104,9 +110,9 @@ def find_columns(
     probs: np.ndarray,
     pixel_size_A: float,
     min_separation_A: float,
-    threshold: float = 0.5,
-    pool_radius_A: float = 0.4,
-    smooth_sigma_A: float = 0.1,
+    threshold: float = PRESENCE_THRESHOLD,
+    pool_radius_A: float = POOL_RADIUS_A,
+    smooth_sigma_A: float = SMOOTH_SIGMA_A,
 ) -> ColumnTable:
     """Detect the atomic columns of one species and read their depths.
 
@@ -137,16 +143,19 @@ def find_columns(
     Notes
     -----
     Peaks are 8-connected local maxima of the smoothed presence whose unsmoothed presence
-    exceeds ``threshold``, thinned greedily in order of decreasing smoothed presence so that none is closer than ``min_separation_A`` to a stronger
-    one. The centre is the centroid of the smoothed presence above half the peak value
+    exceeds ``threshold``, thinned greedily in order of decreasing smoothed presence so
+    that none is closer than ``min_separation_A`` to a stronger one. The centre is the centroid of the smoothed presence above half the peak value
     within ``min_separation_A / 2`` of the peak pixel, which is unbiased for a symmetric
     blob. Pooling weights each pixel by its presence ``1 - p0``.
     """
     probs = _check_probs(probs)
-    return find_columns_from(
-        1.0 - probs[0].astype(np.float32), lambda pixels: np.moveaxis(_gather(probs, pixels)[0], 0, -1),
-        probs.shape[0], pixel_size_A, min_separation_A, threshold=threshold,
-        pool_radius_A=pool_radius_A, smooth_sigma_A=smooth_sigma_A)
+
+    def class_probs(pixels: np.ndarray) -> np.ndarray:
+        return np.moveaxis(_gather(probs, pixels)[0], 0, -1)
+
+    return find_columns_from(1.0 - probs[0].astype(np.float32), class_probs, probs.shape[0],
+                             pixel_size_A, min_separation_A, threshold=threshold,
+                             pool_radius_A=pool_radius_A, smooth_sigma_A=smooth_sigma_A)
 
 
 def find_columns_from(
@@ -155,9 +164,9 @@ def find_columns_from(
     n_classes: int,
     pixel_size_A: float,
     min_separation_A: float,
-    threshold: float = 0.5,
-    pool_radius_A: float = 0.4,
-    smooth_sigma_A: float = 0.1,
+    threshold: float = PRESENCE_THRESHOLD,
+    pool_radius_A: float = POOL_RADIUS_A,
+    smooth_sigma_A: float = SMOOTH_SIGMA_A,
 ) -> ColumnTable:
     """:func:`find_columns` from the presence map and class probabilities on demand.
 

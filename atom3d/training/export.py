@@ -56,7 +56,7 @@ from atom3d.data.dataset import StoreInfo
 from atom3d.data.store import open_store, param
 from atom3d.errors import UserError
 from atom3d.evaluation.metrics import aggregate, match_columns
-from atom3d.inference.columns import find_columns, pool_support
+from atom3d.inference.columns import POOL_RADIUS_A, find_columns, pool_support
 from atom3d.models.artifact import calibrated_softmax, save_artifact
 from atom3d.training.calibration import (
     expected_calibration_error,
@@ -137,7 +137,7 @@ def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any],
                     logits) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Pooled-pixel depth logits, pooling weights and true depths of the matched columns
     of one batch, per species (see :func:`calibrate_columns`)."""
-    radius_A = float(inspect.signature(find_columns).parameters["pool_radius_A"].default)
+    radius_A = POOL_RADIUS_A
     columns = batch["columns"].numpy()
     pixel = batch["pixel_size_A"].numpy()
     out: dict[str, list] = {sp: [] for sp, _ in SPECIES}
