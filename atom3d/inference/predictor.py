@@ -65,7 +65,7 @@ import torch
 
 from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
-from atom3d.inference.columns import ColumnTable, find_columns_from, maps_from_probs
+from atom3d.inference.columns import ColumnTable, find_columns_from
 from atom3d.inference.memory import limit_malloc_arenas
 from atom3d.inference.tiling import predict_tiled
 from atom3d.models.artifact import (
@@ -446,12 +446,9 @@ class Predictor:
 
         Each class channel is resampled bilinearly to the input grid and the argmax is
         taken over the resampled channels, one channel at a time (the same result as
-        :func:`maps_from_probs` on the resampled stack, ties going to the lower class,
+        :func:`~atom3d.inference.columns.maps_from_probs` on the resampled stack, ties going to the lower class,
         without holding the whole stack on the input grid).
         """
-        same = abs(pixel_size_A - self.pixel_size_A) < 1e-9 * self.pixel_size_A
-        if same and probs.shape[1:] == tuple(shape):
-            return maps_from_probs(probs)
         depth = np.zeros(shape, np.uint8)
         best = np.full(shape, -np.inf, np.float32)
         for k, channel in enumerate(probs):
