@@ -182,3 +182,57 @@ def test_artifact_confidence_map_is_stored_validated_and_applied(tmp_path):
                 {"Xe": flat}):
         with pytest.raises(ValueError):
             save_artifact(net, tmp_path / "bad", confidence_map=bad, **common)
+
+
+def test_column_threshold_maximises_f1_with_known_answer():
+    from atom3d.training.calibration import fit_column_threshold
+
+    # 10 true columns: 8 found with high presence, 6 false ones at 0.55-0.60, 2 missed
+    p = np.r_[np.full(8, 0.9), [0.55, 0.56, 0.57, 0.58, 0.59, 0.60]]
+    matched = np.r_[np.ones(8, bool), np.zeros(6, bool)]
+    fit = fit_column_threshold(p, matched, n_true=10)
+    assert fit["threshold"] == pytest.approx(0.61)  # the smallest cut dropping every false one
+    assert fit["f1"] == pytest.approx(2 * 8 / (2 * 8 + 0 + 2))
+    assert fit["f1_lowest"] == pytest.approx(2 * 8 / (2 * 8 + 6 + 2))
+    # nothing to gain: the smallest candidate wins
+    assert fit_column_threshold(np.full(5, 0.7), np.ones(5, bool), 5)["threshold"] == 0.5
+    # a true column with low presence is worth more than one false one below it
+    fit = fit_column_threshold([0.9, 0.6, 0.55], [True, True, False], 2)
+    assert fit["threshold"] == pytest.approx(0.56)
+    with pytest.raises(ValueError):
+        fit_column_threshold([0.9], [True, True], 2)
+    with pytest.raises(ValueError):
+        fit_column_threshold([0.9, 0.8], [True, True], 1)
+
+
+def test_artifact_column_threshold_is_stored_validated_and_applied(tmp_path):
+    import torch
+
+    from atom3d.inference.predictor import Predictor
+    from atom3d.models.artifact import load_artifact, save_artifact
+    from atom3d.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(6, 6))
+    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
+                  normalization={}, training_domain={})
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
+    frame[::8, ::8] += 200.0
+    save_artifact(net, tmp_path / "plain", **common)
+    plain = load_artifact(tmp_path / "plain")
+    assert plain.column_threshold == {"Ce": 0.0, "O": 0.0}
+    ce = Predictor(plain).predict(frame, 0.2).columns["Ce"]
+    assert len(ce) > 2
+    cut = float(np.median(ce.p_column))
+    save_artifact(net, tmp_path / "cut", column_threshold={"Ce": cut}, **common)
+    artifact = load_artifact(tmp_path / "cut")
+    assert artifact.column_threshold == {"Ce": cut, "O": 0.0}
+    pred = Predictor(artifact).predict(frame, 0.2)
+    kept = ce.p_column >= cut
+    assert 0 < len(pred.columns["Ce"]) == kept.sum() < len(ce)
+    np.testing.assert_array_equal(pred.columns["Ce"].x_A, ce.x_A[kept])
+    np.testing.assert_array_equal(pred.columns["Ce"].depth, ce.depth[kept])
+    for bad in ({"Ce": 1.0}, {"Ce": -0.1}, {"Xe": 0.5}):
+        with pytest.raises(ValueError):
+            save_artifact(net, tmp_path / "bad", column_threshold=bad, **common)

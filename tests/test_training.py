@@ -462,6 +462,12 @@ def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch
     assert export_main([str(ckpt), "-o", str(default)]) == 0
     half = load_artifact(default).config["metrics"]["calibration"]
     assert calibration["n_pixels"]["Ce"] > half["n_pixels"]["Ce"]
+    # the detection threshold is fitted on the same columns when there are enough
+    threshold = calibration["column_threshold"]
+    assert isinstance(threshold, dict) and threshold, threshold
+    for sp, fit in threshold.items():
+        assert fit["f1"] >= fit["f1_lowest"]
+        assert load_artifact(out).column_threshold[sp] == fit["threshold"]
 
 
 def test_one_pass_calibration_equals_the_two_separate_fits(tiny_store):

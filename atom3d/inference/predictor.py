@@ -402,6 +402,7 @@ class Predictor:
             table = find_columns_from(presence, class_probs, zs.shape[0], self.pixel_size_A,
                                       MIN_SEPARATION_A[species])
             table = self._inside(table, shapes[f], pixel_size_A)
+            table = _present(table, self.artifact.column_threshold[species])
             if len(table):
                 table = dataclasses.replace(
                     table, confidence=self.artifact.map_confidence(species, table.confidence))
@@ -467,6 +468,18 @@ class Predictor:
     def model_grid_shape(self, shape: tuple[int, int], pixel_size_A: float) -> tuple[int, int]:
         """Shape [px] of a frame of ``shape`` at ``pixel_size_A`` on the model grid."""
         return resampled_shape(shape, pixel_size_A, self.pixel_size_A)
+
+
+def _present(table: ColumnTable, threshold: float) -> ColumnTable:
+    """The columns of ``table`` whose pooled presence ``p_column`` is >= ``threshold``."""
+    if threshold <= 0 or len(table) == 0:
+        return table
+    keep = table.p_column >= threshold
+    if keep.all():
+        return table
+    return ColumnTable(table.x_A[keep], table.y_A[keep], table.depth[keep],
+                       table.confidence[keep], table.p_column[keep],
+                       None if table.probs is None else table.probs[keep])
 
 
 def _invalid_reason(frame: np.ndarray) -> str:

@@ -23,6 +23,9 @@
 ``confidence_map`` (optional)
     Per species, knots of a monotone map applied to each column's pooled confidence
     (:meth:`ModelArtifact.map_confidence`).
+``column_threshold`` (optional)
+    Per species, the smallest pooled presence ``p_column`` of a reported column
+    (:attr:`ModelArtifact.column_threshold`); fitted at export to maximise detection F1.
 ``atom3d_version``
     Version of atom3d that wrote the artifact.
 ``weights_sha256``
@@ -146,6 +149,16 @@ class ModelArtifact:
         if not knots:
             return c
         return np.interp(c, knots["confidence"], knots["accuracy"]).astype(np.float32)
+
+    @property
+    def column_threshold(self) -> dict[str, float]:
+        """Smallest pooled presence ``p_column`` of a reported column, per species.
+
+        ``config["column_threshold"]``; 0 for a species without one (every column found
+        by :func:`~atom3d.inference.columns.find_columns` is kept).
+        """
+        stored = self.config.get("column_threshold") or {}
+        return {s: float(stored.get(s, 0.0)) for s in self.config["classes"]}
 
     @property
     def weights_sha256(self) -> str:
@@ -274,6 +287,7 @@ def save_artifact(
     temperature: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any] | None = None,
     confidence_map: Mapping[str, Mapping[str, Any]] | None = None,
+    column_threshold: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``.
 
@@ -302,6 +316,9 @@ def save_artifact(
     confidence_map : mapping, optional
         Per species, knots ``{"confidence": [...], "accuracy": [...]}`` of a monotone
         map applied to column confidences (:meth:`ModelArtifact.map_confidence`).
+    column_threshold : mapping, optional
+        Per species, the smallest pooled presence of a reported column, in [0, 1)
+        (:attr:`ModelArtifact.column_threshold`).
 
     Returns
     -------
@@ -337,6 +354,8 @@ def save_artifact(
     }
     if confidence_map:
         config["confidence_map"] = _check_confidence_map(confidence_map, classes)
+    if column_threshold:
+        config["column_threshold"] = _check_column_threshold(column_threshold, classes)
     try:
         text = json.dumps(config, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
@@ -361,6 +380,19 @@ def _check_confidence_map(maps: Mapping[str, Mapping[str, Any]],
         if not x or len(x) != len(y) or not monotone or not all(0 <= v <= 1 for v in x + y):
             raise ValueError(f"confidence_map[{species!r}] must be non-decreasing knots in [0, 1]")
         out[species] = {"confidence": x, "accuracy": y}
+    return out
+
+
+def _check_column_threshold(thresholds: Mapping[str, float],
+                            classes: Mapping[str, int]) -> dict[str, float]:
+    out = {}
+    for species, value in thresholds.items():
+        if species not in classes:
+            raise ValueError(f"column_threshold: unknown species {species!r}")
+        value = float(value)
+        if not 0 <= value < 1:
+            raise ValueError(f"column_threshold[{species!r}] must be in [0, 1), got {value}")
+        out[species] = value
     return out
 
 

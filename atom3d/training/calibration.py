@@ -206,3 +206,50 @@ def fit_confidence_map(confidence: ArrayLike, correct: ArrayLike,
         sy_a, sx_a, n_a = (np.delete(a, pair + 1) for a in (sy_a, sx_a, n_a))
     return {"confidence": (sx_a / n_a).tolist(), "accuracy": (sy_a / n_a).tolist()}
 
+
+
+def fit_column_threshold(p_column: ArrayLike, matched: ArrayLike, n_true: int,
+                         grid: ArrayLike | None = None) -> dict[str, float]:
+    """Presence threshold of reported columns that maximises detection F1.
+
+    A found column is kept when its pooled presence ``p_column`` (``1 - p0`` pooled
+    over the column, :class:`~atom3d.inference.columns.ColumnTable`) is at least the
+    threshold. With ``TP(t)`` the matched columns kept, ``FP(t)`` the unmatched ones kept
+    and ``FN(t) = n_true - TP(t)``, ``F1(t) = 2 TP / (2 TP + FP + FN)``.
+
+    Parameters
+    ----------
+    p_column : array_like
+        ``(N,)`` pooled presence of every found column [probability].
+    matched : array_like
+        ``(N,)`` bool: the column was matched to a true column.
+    n_true : int
+        Number of true columns in the same images (matched or not).
+    grid : array_like, optional
+        Candidate thresholds; default 0.50, 0.51, ..., 0.95. The smallest threshold
+        with the largest F1 wins.
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``f1`` (at it), ``f1_lowest`` (at the smallest candidate, i.e.
+        without the extra cut), ``n_found``, ``n_true``.
+    """
+    p = np.asarray(p_column, np.float64).reshape(-1)
+    m = np.asarray(matched, bool).reshape(-1)
+    if p.shape != m.shape:
+        raise ValueError(f"p_column and matched must have the same length, got {p.shape}, {m.shape}")
+    if n_true < int(m.sum()):
+        raise ValueError(f"n_true ({n_true}) is smaller than the matched columns ({int(m.sum())})")
+    t = np.round(np.arange(0.50, 0.951, 0.01), 2) if grid is None else np.sort(
+        np.asarray(grid, np.float64).reshape(-1))
+    if t.size == 0:
+        raise ValueError("grid must not be empty")
+    keep = p[None, :] >= t[:, None]
+    tp = (keep & m[None, :]).sum(axis=1)
+    fp = (keep & ~m[None, :]).sum(axis=1)
+    denominator = 2 * tp + fp + (n_true - tp)
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    best = int(np.argmax(f1))  # first maximum: the smallest threshold
+    return {"threshold": float(t[best]), "f1": float(f1[best]), "f1_lowest": float(f1[0]),
+            "n_found": int(p.size), "n_true": int(n_true)}

@@ -60,6 +60,7 @@ from atom3d.inference.columns import POOL_RADIUS_A, find_columns, pool_support
 from atom3d.models.artifact import calibrated_softmax, save_artifact
 from atom3d.training.calibration import (
     expected_calibration_error,
+    fit_column_threshold,
     fit_confidence_map,
     fit_pooled_temperature,
     fit_temperature,
@@ -133,10 +134,16 @@ def _fit_pixels(chunks: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Gene
     return fit_temperature(logits[:, 1:], labels - 1), int(len(labels))
 
 
-def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any],
-                    logits) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any], logits,
+                    detections: dict[str, list] | None = None
+                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Pooled-pixel depth logits, pooling weights and true depths of the matched columns
-    of one batch, per species (see :func:`calibrate_columns`)."""
+    of one batch, per species (see :func:`calibrate_columns`).
+
+    With ``detections``, every found column inside the scored region is also appended,
+    per image, to ``detections[species]`` as ``(p_column, matched, n_true)`` (for
+    :func:`~atom3d.training.calibration.fit_column_threshold`).
+    """
     radius_A = POOL_RADIUS_A
     columns = batch["columns"].numpy()
     pixel = batch["pixel_size_A"].numpy()
@@ -158,6 +165,11 @@ def _column_samples(hp: Mapping[str, Any], batch: Mapping[str, Any],
             xy = np.stack([table.x_A[keep], table.y_A[keep]], axis=1).astype(np.float64)
             pred_idx, true_idx = match_columns(xy, rows[:, :2].astype(np.float64),
                                                hp.match_distance_A[s])
+            if detections is not None:
+                matched = np.zeros(len(xy), bool)
+                matched[pred_idx] = True
+                detections[species].append((table.p_column[keep].astype(np.float64), matched,
+                                            int(len(rows))))
             if pred_idx.size == 0:
                 continue
             centres = xy[pred_idx][:, ::-1] / p  # (r, c) [px]
@@ -251,20 +263,25 @@ def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000
     """:func:`calibrate_temperature` and :func:`calibrate_columns` in one pass of the network.
 
     Same results as calling both (same seeds); returns ``{"pixel_temperature",
-    "n_pixels", "column_temperature", "n_columns", "confidence_map"}``, each a
-    per-species dict. The confidence map (None below ``MIN_MAP_COLUMNS`` columns) is the
-    isotonic fit of correctness on the pooled confidence at the column temperature
+    "n_pixels", "column_temperature", "n_columns", "confidence_map",
+    "column_threshold"}``, each a per-species dict. The confidence map (None below
+    ``MIN_MAP_COLUMNS`` columns) is the isotonic fit of correctness on the pooled
+    confidence at the column temperature
     (:func:`~atom3d.training.calibration.fit_confidence_map`), with its in-sample ECE
-    before and after.
+    before and after. The column threshold (None without found columns) is the
+    presence cut that maximises the detection F1 of the same images
+    (:func:`~atom3d.training.calibration.fit_column_threshold`).
     """
     pixel_rng, column_rng = np.random.default_rng(seed), np.random.default_rng(seed)
     per_batch = _per_batch(loader, max_pixels, max_batches)
     pixels: dict[str, list] = {sp: [] for sp, _ in SPECIES}
     columns: dict[str, list] = {sp: [] for sp, _ in SPECIES}
+    detections: dict[str, list] = {sp: [] for sp, _ in SPECIES}
     for batch, logits in _batches(task.net, loader, max_batches):
         for species, sample in _pixel_samples(batch, logits, pixel_rng, per_batch).items():
             pixels[species].append(sample)
-        for species, samples in _column_samples(task.hparams, batch, logits).items():
+        for species, samples in _column_samples(task.hparams, batch, logits,
+                                                detections).items():
             columns[species].extend(samples)
     pixel_fits = {sp: _fit_pixels(c, pixel_rng, max_pixels) for sp, c in pixels.items()}
     column_fits = {sp: _fit_columns(c, column_rng, max_columns) for sp, c in columns.items()}
@@ -272,7 +289,16 @@ def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000
             "n_pixels": {sp: f[1] for sp, f in pixel_fits.items()},
             "column_temperature": {sp: f[0] for sp, f in column_fits.items()},
             "n_columns": {sp: f[1] for sp, f in column_fits.items()},
-            "confidence_map": {sp: f[2] for sp, f in column_fits.items()}}
+            "confidence_map": {sp: f[2] for sp, f in column_fits.items()},
+            "column_threshold": {sp: _fit_threshold(d) for sp, d in detections.items()}}
+
+
+def _fit_threshold(detections: list[tuple[np.ndarray, np.ndarray, int]]) -> dict[str, Any] | None:
+    """:func:`fit_column_threshold` of per-image ``(p_column, matched, n_true)``."""
+    if not detections or not any(len(p) for p, _, _ in detections):
+        return None
+    p, matched, n_true = zip(*detections, strict=True)
+    return fit_column_threshold(np.concatenate(p), np.concatenate(matched), int(sum(n_true)))
 
 
 def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[str, float], *,
@@ -417,6 +443,7 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
     if datamodule.val_dataset is None or len(datamodule.val_dataset) == 0:
         temperature = {sp: 1.0 for sp, _ in SPECIES}
         confidence_map, map_figures = {}, {}
+        column_threshold, threshold_figures = {}, {}
         pixel_temperature = dict(temperature)
         used = n_columns = {sp: 0 for sp, _ in SPECIES}
         figures: dict[str, Any] = {"n_images": 0}
@@ -437,6 +464,11 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                           for sp, m in maps.items()}
         map_figures = {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
                        for sp, m in maps.items()}
+        thresholds = {sp: fit["column_threshold"][sp] for sp, _ in SPECIES
+                      if fit["column_threshold"][sp] is not None
+                      and fit["column_threshold"][sp]["n_true"] >= MIN_CALIBRATION_COLUMNS}
+        column_threshold = {sp: f["threshold"] for sp, f in thresholds.items()}
+        threshold_figures = thresholds
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
@@ -451,7 +483,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                         "n_pixels": used,
                         "temperature_pixels": pixel_temperature,
                         "confidence_map": map_figures or "none (too few matched columns)",
-                        "note": "validation figures are before the confidence map"},
+                        "column_threshold": threshold_figures or "none (too few columns)",
+                        "note": "validation figures are before the confidence map and "
+                                "the column threshold"},
         "evaluation": {"min_separation_A": list(task.hparams.min_separation_A),
                        "match_distance_A": list(task.hparams.match_distance_A),
                        "edge_margin_A": float(task.hparams.eval_margin_A),
@@ -466,7 +500,7 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         pixel_size_A=float(hp.pixel_size_A), normalization=NORMALIZATION,
         training_domain=_strict_json(training_domain(datamodule.info, dict(hp))),
         temperature=temperature, metrics=_strict_json(metrics),
-        confidence_map=confidence_map or None)
+        confidence_map=confidence_map or None, column_threshold=column_threshold or None)
 
 
 class _Chained:
