@@ -256,6 +256,23 @@ def test_packaged_name_resolves_through_package_resources(
         load_artifact("ceo2-110")
 
 
+def test_a_folder_named_like_a_packaged_model_does_not_shadow_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import atom3d.models.artifact as artifact_module
+
+    package = tmp_path / "package"
+    save_tiny(package / "ceo2-test")
+    monkeypatch.setattr(artifact_module.resources, "files", lambda anchor: package)
+    work = tmp_path / "work"
+    save_tiny(work / "ceo2-test", name="local")
+    save_tiny(work / "other", name="other")
+    monkeypatch.chdir(work)
+    assert load_artifact("ceo2-test").path == package / "ceo2-test"  # the packaged one
+    assert load_artifact("./ceo2-test").name == "local"  # a path reaches the folder
+    assert load_artifact("other").name == "other"  # a plain name that is not packaged
+
+
 @pytest.mark.parametrize("temperature", [1.0, 1.26, 0.7])
 def test_calibrated_maps_equal_argmax_of_calibrated_softmax(temperature: float) -> None:
     from atom3d.inference.columns import maps_from_probs

@@ -415,7 +415,8 @@ def load_artifact(
     ----------
     name_or_dir : str or path
         An artifact directory, or the name of a packaged model (see
-        :func:`packaged_models`). An existing directory takes precedence.
+        :func:`packaged_models`). A packaged model's name always means the packaged
+        model; a directory of the same name is reached as ``./NAME``.
     device : str or torch.device
         Device to put the network on.
 
@@ -466,14 +467,17 @@ def load_artifact(
 def _resolve(name_or_dir: str | os.PathLike[str]) -> tuple[Traversable, Path | None]:
     """The artifact location: (readable entry, filesystem path if there is one)."""
     path = Path(name_or_dir)
-    if path.is_dir():
-        return path, path
     name = str(name_or_dir)
     is_plain_name = name and os.sep not in name and "/" not in name and not name.startswith(".")
     if is_plain_name:
+        # a packaged model's name means the packaged model, even if the working directory
+        # holds a folder of that name (the default model must never be shadowed)
         entry = resources.files("atom3d.models").joinpath(name)
         if entry.is_dir() and entry.joinpath(CONFIG_FILE).is_file():
             return entry, entry if isinstance(entry, Path) else None
+    if path.is_dir():
+        return path, path
+    if is_plain_name:
         available = ", ".join(packaged_models()) or "none installed"
         raise UserError(
             f"unknown model {name!r}: not a directory and not a packaged model "
