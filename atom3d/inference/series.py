@@ -108,12 +108,13 @@ SURFACE_MIN_NEIGHBOURS = 6
 LINK_MAX_DIST_A = {"Ce": 1.2, "O": 0.8}
 LINK_MAX_GAP = 2
 #: HMM smoothing: probability per frame that a column's depth changes; largest step.
-SWITCH_PROB = 0.5
+SWITCH_PROB = 0.4
 MAX_STEP = 1
-# Tuned on two `atom3d demo` series (seeds 0 and 1: 12 frames, 1000 e/Å², 3 Ce atoms leave
-# per frame) with the session-2 ceo2-110 model: steady-column flicker 3.0 % / 3.9 % and
-# 47 % / 38 % of the true depth changes reported as events (0.02 and 2 atoms: 0 % flicker
-# but 13 % / 6 % of the changes; no smoothing: 31 % flicker, 78 % / 81 % of the changes).
+# Tuned on four `atom3d demo` series (seeds 0-3: 12 frames, 1000 e/Å², 3 Ce atoms leave
+# per frame) with the session-5 ceo2-110 model (run 4): steady-column flicker
+# 2.5 / 1.5 / 3.2 / 2.8 % and 53 / 34 / 42 / 33 % of the true depth changes reported as
+# events. 0.5 reports 59 / 34 / 52 / 39 % of the changes but flickers up to 5.1 %;
+# 0.3: at most 1.9 % flicker, 25-50 % of the changes.
 #: Events of tracks seen in fewer frames are ignored (isolated false detections).
 MIN_TRACK_LENGTH = 2
 #: Presence images for drift: Gaussian width [Å], grid spacing floor [Å], O weight.
