@@ -207,9 +207,8 @@ def fit_confidence_map(confidence: ArrayLike, correct: ArrayLike,
     return {"confidence": (sx_a / n_a).tolist(), "accuracy": (sy_a / n_a).tolist()}
 
 
-
 def fit_column_threshold(p_column: ArrayLike, matched: ArrayLike, n_true: int,
-                         grid: ArrayLike | None = None) -> dict[str, float]:
+                         grid: ArrayLike | None = None) -> dict[str, float | int]:
     """Presence threshold of reported columns that maximises detection F1.
 
     A found column is kept when its pooled presence ``p_column`` (``1 - p0`` pooled
