@@ -108,13 +108,13 @@ SURFACE_MIN_NEIGHBOURS = 6
 LINK_MAX_DIST_A = {"Ce": 1.2, "O": 0.8}
 LINK_MAX_GAP = 2
 #: HMM smoothing: probability per frame that a column's depth changes; largest step.
-SWITCH_PROB = 0.4
+SWITCH_PROB = 0.45
 MAX_STEP = 1
 # Tuned on four `atom3d demo` series (seeds 0-3: 12 frames, 1000 e/Å², 3 Ce atoms leave
-# per frame) with the session-5 ceo2-110 model (run 4): steady-column flicker
-# 2.5 / 1.5 / 3.2 / 2.8 % and 53 / 34 / 42 / 33 % of the true depth changes reported as
-# events. 0.5 reports 59 / 34 / 52 / 39 % of the changes but flickers up to 5.1 %;
-# 0.3: at most 1.9 % flicker, 25-50 % of the changes.
+# per frame) with the session-5 ceo2-110 model (run 6): steady-column flicker
+# 1.7 / 2.4 / 2.1 / 3.2 % and 50 / 44 / 42 / 39 % of the true depth changes reported as
+# events. 0.4: at most 2.0 % flicker, 41 % of the changes; 0.5: up to 4.0 % flicker,
+# 50 %; 0.55: up to 6.2 %, 56 %.
 #: Events of tracks seen in fewer frames are ignored (isolated false detections).
 MIN_TRACK_LENGTH = 2
 #: Presence images for drift: Gaussian width [Å], grid spacing floor [Å], O weight.
