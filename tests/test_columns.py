@@ -217,3 +217,21 @@ def test_local_maxima_on_candidates_equal_the_full_search():
     some = _local_maxima(image, candidates=mask)
     np.testing.assert_array_equal(some, full[mask[full[:, 0], full[:, 1]]])
     assert len(some) > 5
+
+
+def test_column_table_select_keeps_rows_aligned():
+    from atom3d.inference.columns import ColumnTable
+
+    n = 5
+    table = ColumnTable(np.arange(n), 10 + np.arange(n), np.arange(1, n + 1),
+                        np.linspace(0.1, 0.5, n), np.linspace(0.6, 1.0, n),
+                        np.eye(n, 3))
+    keep = np.array([True, False, True, False, True])
+    sub = table.select(keep)
+    assert len(sub) == 3
+    np.testing.assert_array_equal(sub.x_A, [0, 2, 4])
+    np.testing.assert_array_equal(sub.y_A, [10, 12, 14])
+    np.testing.assert_array_equal(sub.depth, [1, 3, 5])
+    np.testing.assert_allclose(sub.p_column, table.p_column[keep])
+    np.testing.assert_array_equal(sub.probs, np.eye(n, 3)[keep])
+    assert len(ColumnTable([], [], [], [], []).select(np.zeros(0, bool))) == 0

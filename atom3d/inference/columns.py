@@ -78,6 +78,11 @@ class ColumnTable:
     def __len__(self) -> int:
         return int(self.x_A.size)
 
+    def select(self, keep: np.ndarray) -> ColumnTable:
+        """The rows of the table where the boolean mask ``keep`` (shape ``(N,)``) is true."""
+        return ColumnTable(self.x_A[keep], self.y_A[keep], self.depth[keep],
+                           self.confidence[keep], self.p_column[keep], self.probs[keep])
+
     @classmethod
     def empty(cls, n_classes: int = 2) -> ColumnTable:
         """A table without columns; ``n_classes`` = K + 1 sets the width of ``probs``."""

@@ -436,10 +436,7 @@ class Predictor:
         y_max = (shape[0] - 1) * pixel_size_A - m
         keep = ((table.x_A >= m) & (table.x_A <= x_max) & (table.y_A >= m)
                 & (table.y_A <= y_max))
-        if keep.all():
-            return table
-        return ColumnTable(table.x_A[keep], table.y_A[keep], table.depth[keep],
-                           table.confidence[keep], table.p_column[keep], table.probs[keep])
+        return table if keep.all() else table.select(keep)
 
     def _maps_on_input_grid(self, probs: np.ndarray, shape: tuple[int, int],
                             pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
@@ -475,11 +472,7 @@ def _present(table: ColumnTable, threshold: float) -> ColumnTable:
     if threshold <= 0 or len(table) == 0:
         return table
     keep = table.p_column >= threshold
-    if keep.all():
-        return table
-    return ColumnTable(table.x_A[keep], table.y_A[keep], table.depth[keep],
-                       table.confidence[keep], table.p_column[keep],
-                       None if table.probs is None else table.probs[keep])
+    return table if keep.all() else table.select(keep)
 
 
 def _invalid_reason(frame: np.ndarray) -> str:
