@@ -466,7 +466,7 @@ def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch
     threshold = calibration["column_threshold"]
     assert isinstance(threshold, dict) and threshold, threshold
     for sp, fit in threshold.items():
-        assert fit["f1"] >= fit["f1_lowest"]
+        assert fit["n_true"] >= 100 and fit["n_found"] > 0 and 0.5 <= fit["threshold"] <= 0.95
         assert load_artifact(out).column_threshold[sp] == fit["threshold"]
 
 

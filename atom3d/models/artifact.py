@@ -26,6 +26,8 @@
 ``column_threshold`` (optional)
     Per species, the smallest pooled presence ``p_column`` of a reported column
     (:attr:`ModelArtifact.column_threshold`); fitted at export to maximise detection F1.
+    Not the training task's ``column_threshold``, which is the peak presence at which
+    :func:`~atom3d.inference.columns.find_columns` starts a column (0.5).
 ``atom3d_version``
     Version of atom3d that wrote the artifact.
 ``weights_sha256``

@@ -464,11 +464,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                           for sp, m in maps.items()}
         map_figures = {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
                        for sp, m in maps.items()}
-        thresholds = {sp: fit["column_threshold"][sp] for sp, _ in SPECIES
-                      if fit["column_threshold"][sp] is not None
-                      and fit["column_threshold"][sp]["n_true"] >= MIN_CALIBRATION_COLUMNS}
-        column_threshold = {sp: f["threshold"] for sp, f in thresholds.items()}
-        threshold_figures = thresholds
+        threshold_figures = {sp: f for sp, f in fit["column_threshold"].items()
+                             if f is not None and f["n_true"] >= MIN_CALIBRATION_COLUMNS}
+        column_threshold = {sp: f["threshold"] for sp, f in threshold_figures.items()}
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
