@@ -537,3 +537,60 @@ def test_fine_tuning_starts_from_checkpoint_weights_with_a_fresh_schedule(
     first.unlink()  # export needs only the fine-tuned checkpoint
     assert export_main([str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "-o",
                         str(tmp_path / "model")]) == 0
+
+
+def test_extra_training_stores_train_but_never_validate(tiny_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    from atom3d.data.datamodule import ColumnDataModule
+    from atom3d.errors import ConfigError
+
+    # a second store: a copy with one of its two structures unfinished
+    extra = tmp_path / "extra.zarr"
+    shutil.copytree(tiny_store, extra)
+    root = zarr.open_group(str(extra), mode="r+")
+    done = np.asarray(root["done"][:], bool)
+    done[1] = False
+    root["done"][:] = done
+    root.attrs["complete"] = False
+    root.attrs["seed"] = int(root.attrs["seed"]) + 1
+
+    kwargs = dict(batch_size=2, num_workers=0, crop_px=32, val_crop_px=64, size_multiple=16,
+                  val_structures=[1])
+    with pytest.warns(UserWarning, match="incomplete"):
+        dm = ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
+    alone = ColumnDataModule(str(tiny_store), **kwargs)
+    dm.setup("fit")
+    alone.setup("fit")
+    info = read_store_info(tiny_store)
+    n_extra = len(image_indices([0], info.n_images, info.images_per_structure))
+    assert len(dm.train_dataset) == len(alone.train_dataset) + n_extra
+    assert len(dm.val_dataset) == len(alone.val_dataset)  # validation: the main store only
+    assert dm.state_dict() == alone.state_dict()
+    # class weights: the image-weighted mean over the training stores
+    extra_info = dm.extra_infos[0]
+    n_main = len(image_indices(np.flatnonzero(info.done), info.n_images,
+                               info.images_per_structure))
+    for species in ("Ce", "O"):
+        expect = (n_main * np.array(info.class_frequencies[species])
+                  + n_extra * np.array(extra_info.class_frequencies[species]))
+        np.testing.assert_allclose(dm.class_frequencies[species], expect / expect.sum())
+    assert not np.allclose(extra_info.class_frequencies["Ce"], info.class_frequencies["Ce"])
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 32)
+
+    with pytest.raises(ConfigError, match="repeats data.path"):
+        ColumnDataModule(str(tiny_store), extra_train_paths=[str(tiny_store)], **kwargs)
+    with pytest.raises(ConfigError, match="twice"), pytest.warns(UserWarning):
+        ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra), str(extra)], **kwargs)
+    root.attrs["seed"] = int(root.attrs["seed"]) - 1
+    with pytest.raises(ConfigError, match="same structures twice"), pytest.warns(UserWarning):
+        ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
+    root.attrs["seed"] = int(root.attrs["seed"]) + 1
+    config = dict(root.attrs["config"])
+    config["labels"] = {**config["labels"], "sigma_A": config["labels"]["sigma_A"] * 2}
+    root.attrs["config"] = config
+    with pytest.raises(ConfigError, match="differs in: labels"), pytest.warns(UserWarning):
+        ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)

@@ -9,16 +9,18 @@ the network heads and class weights, see :mod:`atom3d.training.main`); items are
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from atom3d.data.dataset import (
     ColumnDataset,
     explicit_split,
     image_indices,
     read_store_info,
+    StoreInfo,
     split_structures,
 )
 from atom3d.errors import ConfigError
@@ -27,12 +29,17 @@ __all__ = ["ColumnDataModule"]
 
 
 class ColumnDataModule(pl.LightningDataModule):
-    """Training and validation data from one ``atom3d simulate`` store.
+    """Training and validation data from ``atom3d simulate`` stores.
 
     Parameters
     ----------
     path : str
-        The dataset store (``*.zarr``).
+        The dataset store (``*.zarr``): split by structure into training and validation.
+    extra_train_paths : list of str, optional
+        More stores whose finished structures all train (none validates): the same
+        campaign config as ``path`` simulated with other seeds (checked). Validation, the split saved in checkpoints and the
+        calibration at export stay on ``path`` alone. The class frequencies (class
+        weights) are those of all training stores together, weighted by images.
     batch_size : int
         Training crops per batch (per device under DDP).
     num_workers : int
@@ -81,6 +88,7 @@ class ColumnDataModule(pl.LightningDataModule):
     def __init__(
         self,
         path: str = "data/train.zarr",
+        extra_train_paths: list[str] | None = None,
         batch_size: int = 8,
         num_workers: int = 1,
         crop_px: int = 128,
@@ -115,6 +123,9 @@ class ColumnDataModule(pl.LightningDataModule):
         else:
             self.train_structures, self.val_structures = explicit_split(
                 self.info.n_structures, val_structures, self.info.done)
+        self.extra_infos: list[StoreInfo] = []
+        for extra in extra_train_paths or []:
+            self.extra_infos.append(_matching_info(self.info, extra, self.extra_infos))
         self.train_dataset: ColumnDataset | None = None
         self.val_dataset: ColumnDataset | None = None
 
@@ -125,19 +136,36 @@ class ColumnDataModule(pl.LightningDataModule):
 
     @property
     def class_frequencies(self) -> dict[str, list[float]]:
-        """Class frequencies per species of the store."""
-        return self.info.class_frequencies
+        """Class frequencies per species of the training stores (image-weighted mean)."""
+        if not self.extra_infos:
+            return self.info.class_frequencies
+        infos = [self.info, *self.extra_infos]
+        images = np.array([_finished_images(info) for info in infos], float)
+        out = {}
+        for species in self.info.class_frequencies:
+            freq = np.array([info.class_frequencies[species] for info in infos])
+            mean = images @ freq / images.sum()
+            out[species] = (mean / mean.sum()).tolist()
+        return out
 
-    def _dataset(self, train: bool) -> ColumnDataset:
+    def _store_dataset(self, info: StoreInfo, structures: np.ndarray, train: bool) -> ColumnDataset:
         hp = self.hparams
-        structures = self.train_structures if train else self.val_structures
-        indices = image_indices(structures, self.info.n_images, self.info.images_per_structure)
+        indices = image_indices(structures, info.n_images, info.images_per_structure)
         return ColumnDataset(
-            self.path, indices, train=train, pixel_size_A=hp.pixel_size_A,
+            info.path, indices, train=train, pixel_size_A=hp.pixel_size_A,
             crop_px=hp.crop_px if train else hp.val_crop_px, size_multiple=hp.size_multiple,
             pixel_jitter=hp.pixel_jitter, dose_range_e_per_A2=hp.dose_range_e_per_A2,
-            gain_range=hp.gain_range, augment=hp.augment, seed=hp.seed, info=self.info,
+            gain_range=hp.gain_range, augment=hp.augment, seed=hp.seed, info=info,
             cache_images=hp.cache_images)
+
+    def _dataset(self, train: bool) -> Dataset:
+        if not train:
+            return self._store_dataset(self.info, self.val_structures, train=False)
+        main = self._store_dataset(self.info, self.train_structures, train=True)
+        if not self.extra_infos:
+            return main
+        return ConcatDataset([main, *(self._store_dataset(info, np.flatnonzero(info.done), True)
+                                      for info in self.extra_infos)])
 
     def state_dict(self) -> dict[str, list[int]]:
         """The structure split, saved in every checkpoint: an export of the checkpoint
@@ -165,7 +193,7 @@ class ColumnDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._dataset(train=False)
 
-    def _loader(self, dataset: ColumnDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                           drop_last=shuffle and len(dataset) > batch_size,
@@ -179,3 +207,30 @@ class ColumnDataModule(pl.LightningDataModule):
         self.setup("validate")
         return self._loader(self.val_dataset, self.hparams.val_batch_size or self.hparams.batch_size,
                             shuffle=False)
+
+
+def _finished_images(info: StoreInfo) -> int:
+    """Number of images of the finished structures of a store."""
+    return len(image_indices(np.flatnonzero(info.done), info.n_images, info.images_per_structure))
+
+
+def _matching_info(main: StoreInfo, path: str, others: list[StoreInfo]) -> StoreInfo:
+    """Read an extra training store; it must be new and label like ``main`` (else ConfigError)."""
+    info = read_store_info(str(path))
+    if Path(info.path).resolve() == Path(main.path).resolve():
+        raise ConfigError(f"data.extra_train_paths repeats data.path {path}: its validation "
+                          "structures would train")
+    if any(Path(info.path).resolve() == Path(o.path).resolve() for o in others):
+        raise ConfigError(f"data.extra_train_paths lists {path} twice")
+    # the same campaign config (hence labels, depths and the training domain recorded
+    # at export), another seed (else the same structures twice)
+    differ = sorted(k for k in set(info.config) | set(main.config)
+                    if info.config.get(k) != main.config.get(k))
+    if differ or info.max_depth != main.max_depth:
+        raise ConfigError(f"data.extra_train_paths: {path} was simulated with another campaign "
+                          f"config than {main.path} (differs in: "
+                          f"{', '.join(differ) or 'max_depth'}); use one config, other seeds")
+    if info.seed == main.seed:
+        raise ConfigError(f"data.extra_train_paths: {path} has the seed of {main.path} "
+                          f"({main.seed}): the same structures twice")
+    return info

@@ -133,6 +133,8 @@ class StoreInfo:
         ``(N,)`` detector pixel size [Å] and dose [e/Å²] of every image.
     structure_index : numpy.ndarray
         ``(N,)`` int64, the structure of every image.
+    seed : int or None
+        The campaign seed (``atom3d simulate --seed``).
     """
 
     path: str
@@ -150,6 +152,7 @@ class StoreInfo:
     pixel_size_A: np.ndarray
     dose_e_per_A2: np.ndarray
     structure_index: np.ndarray
+    seed: int | None = None
 
 
 def read_store_info(path: str | os.PathLike[str]) -> StoreInfo:
@@ -185,6 +188,7 @@ def read_store_info(path: str | os.PathLike[str]) -> StoreInfo:
         pixel_size_A=params[:, names.index("pixel_size_A")],
         dose_e_per_A2=params[:, names.index("dose_e_per_A2")],
         structure_index=np.where(np.isfinite(structure), structure, -1).astype(np.int64),
+        seed=None if attrs.get("seed") is None else int(attrs["seed"]),
     )
 
 

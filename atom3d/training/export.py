@@ -607,6 +607,9 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
         raise UserError(f"{ckpt_path} does not record its dataset; pass the store path")
     data_hparams["num_workers"] = int(num_workers)
     data_hparams["persistent_workers"] = False
+    # calibration uses the main store's validation split only: extra training stores
+    # (``data.extra_train_paths``) need not exist where the checkpoint is exported
+    data_hparams.pop("extra_train_paths", None)
     # calibrate and validate on whole images, as atom3d predict and evaluate see them:
     # a centred crop (training's val_crop_px) leaves out the particle's rim, where the
     # network is more sure than right, and a confidence map fitted without the rim does
