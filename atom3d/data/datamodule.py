@@ -17,10 +17,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from atom3d.data.dataset import (
     ColumnDataset,
+    StoreInfo,
     explicit_split,
     image_indices,
     read_store_info,
-    StoreInfo,
     split_structures,
 )
 from atom3d.errors import ConfigError
