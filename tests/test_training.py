@@ -462,6 +462,15 @@ def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch
     assert export_main([str(ckpt), "-o", str(default)]) == 0
     half = load_artifact(default).config["metrics"]["calibration"]
     assert calibration["n_pixels"]["Ce"] > half["n_pixels"]["Ce"]
+    # several stores: all of them calibrate (here the same store twice: twice its columns)
+    twice = tmp_path / "twice"
+    assert export_main([str(ckpt), "-o", str(twice), "--calibration-data", str(tiny_store),
+                        str(tiny_store)]) == 0
+    both = load_artifact(twice).config["metrics"]["calibration"]
+    assert both["split"].count("calibration store") == 2
+    extra = {sp: calibration["n_columns"][sp] - half["n_columns"][sp] for sp in ("Ce", "O")}
+    assert all(n > 0 for n in extra.values())
+    assert both["n_columns"] == {sp: half["n_columns"][sp] + 2 * extra[sp] for sp in extra}
     # the detection threshold is fitted on the same columns when there are enough
     threshold = calibration["column_threshold"]
     assert isinstance(threshold, dict) and threshold, threshold

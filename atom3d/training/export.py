@@ -44,7 +44,7 @@ import inspect
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,7 +406,7 @@ def _strict_json(value: Any) -> Any:
 def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                  out_dir: str | Path, *, name: str = "ceo2-110", max_batches: int | None = None,
                  max_pixels: int = 200_000, extra_metrics: Mapping[str, Any] | None = None,
-                 calibration_store: str | Path | None = None) -> Path:
+                 calibration_store: str | Path | Sequence[str | Path] | None = None) -> Path:
     """Calibrate on the validation split, evaluate, and write the model artifact.
 
     Parameters
@@ -425,8 +425,8 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         Most column-core pixels per species used for the temperature fit.
     extra_metrics : mapping, optional
         Merged into the artifact's ``metrics`` (e.g. the checkpoint's epoch).
-    calibration_store : path, optional
-        A separate store (simulated with its own seed, never trained on) whose every
+    calibration_store : path or sequence of paths, optional
+        Separate stores (each simulated with its own seed, never trained on) whose every
         finished image calibrates the temperature together with the validation split
         (validation items: stored dose, seeded noise, centred crop). More structures
         than the validation split holds give a temperature that carries over to new
@@ -437,6 +437,7 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
     Path
         The artifact directory.
     """
+    stores = _store_list(calibration_store)
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()
     hp = datamodule.hparams
@@ -449,9 +450,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         figures: dict[str, Any] = {"n_images": 0}
     else:
         calibration_loader = loader
-        if calibration_store is not None:
-            calibration_loader = _Chained(loader, _calibration_loader(
-                calibration_store, datamodule, task.n_classes - 1))
+        if stores:
+            calibration_loader = _Chained(loader, *(_calibration_loader(
+                store, datamodule, task.n_classes - 1) for store in stores))
         fit = calibrate(task, calibration_loader, max_pixels=max_pixels,
                         max_batches=max_batches, seed=int(hp.seed))
         pixel_temperature, used = fit["pixel_temperature"], fit["n_pixels"]
@@ -470,9 +471,8 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
-        "calibration": {"split": ("validation (held-out structures)" if calibration_store is None
-                                  else "validation (held-out structures) + "
-                                  + _describe_store(calibration_store)),
+        "calibration": {"split": " + ".join(["validation (held-out structures)",
+                                              *map(_describe_store, stores)]),
                         "method": f"pooled column confidence (calibrate_columns) when >= "
                                   f"{MIN_CALIBRATION_COLUMNS} matched columns, else "
                                   "column-core pixels (calibrate_temperature)",
@@ -534,6 +534,15 @@ def _calibration_loader(store: str | Path, datamodule: ColumnDataModule, max_dep
                       num_workers=0)
 
 
+def _store_list(stores: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    """One calibration store, several, or none, as a list."""
+    if stores is None:
+        return []
+    if isinstance(stores, (str, Path)):
+        return [stores]
+    return list(stores)
+
+
 def _describe_store(store: str | Path) -> str:
     from atom3d.data.dataset import read_store_info
 
@@ -563,7 +572,7 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
                       *, name: str = "ceo2-110", max_batches: int | None = None,
                       num_workers: int = 0, batch_size: int | None = None,
                       max_pixels: int = 200_000,
-                      calibration_store: str | Path | None = None,
+                      calibration_store: str | Path | Sequence[str | Path] | None = None,
                       val_structures: list[int] | None = None) -> Path:
     """Calibrate and export the network of a Lightning checkpoint of :class:`ColumnSegmentationTask`.
 
@@ -649,9 +658,10 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batches", type=int, default=None,
                         help="use at most this many validation batches")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    parser.add_argument("--calibration-data", type=Path, default=None, metavar="STORE",
-                        help="also fit the temperature on every image of this separate "
-                             "store (own seed, never trained on), with the validation split")
+    parser.add_argument("--calibration-data", type=Path, nargs="+", default=None,
+                        metavar="STORE",
+                        help="also calibrate on every image of these separate stores (each "
+                             "with its own seed, never trained on), with the validation split")
     parser.add_argument("--val-structures", default=None, metavar="JSON",
                         help="validation structures as a JSON list, e.g. '[8, 37]' (default: "
                              "the split the checkpoint records)")
