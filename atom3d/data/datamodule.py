@@ -37,9 +37,10 @@ class ColumnDataModule(pl.LightningDataModule):
         The dataset store (``*.zarr``): split by structure into training and validation.
     extra_train_paths : list of str, optional
         More stores whose finished structures all train (none validates): the same
-        campaign config as ``path`` simulated with other seeds (checked). Validation, the split saved in checkpoints and the
-        calibration at export stay on ``path`` alone. The class frequencies (class
-        weights) are those of all training stores together, weighted by images.
+        campaign config as ``path`` simulated with other seeds (checked). Validation,
+        the split saved in checkpoints and the calibration at export stay on ``path``
+        alone. The class frequencies (class weights) are those of all training stores
+        together, weighted by images.
     batch_size : int
         Training crops per batch (per device under DDP).
     num_workers : int
