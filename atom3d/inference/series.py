@@ -114,7 +114,8 @@ MAX_STEP = 1
 # per frame) with the session-5 ceo2-110 model (run 6): steady-column flicker
 # 1.7 / 2.4 / 2.1 / 3.2 % and 50 / 44 / 42 / 39 % of the true depth changes reported as
 # events. 0.4: at most 2.0 % flicker, 41 % of the changes; 0.5: up to 4.0 % flicker,
-# 50 %; 0.55: up to 6.2 %, 56 %.
+# 50 %; 0.55: up to 6.2 %, 56 %. Kept for run 7 (session 6): flicker 3.4 / 2.0 / 2.8 /
+# 3.8 %, 49 % of the changes on the same series.
 #: Events of tracks seen in fewer frames are ignored (isolated false detections).
 MIN_TRACK_LENGTH = 2
 #: Presence images for drift: Gaussian width [Å], grid spacing floor [Å], O weight.

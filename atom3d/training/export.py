@@ -547,9 +547,8 @@ def _describe_store(store: str | Path) -> str:
     from atom3d.data.dataset import read_store_info
 
     info = read_store_info(store)
-    seed = open_store(store).attrs.get("seed", "?")
     return (f"calibration store {Path(store).name} ({int(info.done.sum())} structures, "
-            f"seed {seed}), never trained on")
+            f"seed {'?' if info.seed is None else info.seed}), never trained on")
 
 
 def _read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
