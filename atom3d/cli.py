@@ -39,6 +39,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output store, a new *.zarr directory")
     p.add_argument("--n", type=_positive_int, default=None,
                    help="number of labelled images (default: n_images of the config)")
+    p.add_argument("--images-per-structure", type=_positive_int, default=None, metavar="K",
+                   help="optics/dose draws per simulated structure, 1-1024 (default: the "
+                        "config's); test sets use fewer to hold more particles per image")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="local worker processes, one core each (default 1)")
@@ -59,6 +62,11 @@ def _cmd_simulate(args) -> int:
     cfg = load_campaign_config(args.config)
     if args.n is not None:
         cfg = dataclasses.replace(cfg, n_images=args.n)
+    if args.images_per_structure is not None:
+        if args.images_per_structure > 1024:
+            raise UserError(f"--images-per-structure must be within 1 … 1024, "
+                            f"got {args.images_per_structure}")
+        cfg = dataclasses.replace(cfg, images_per_structure=args.images_per_structure)
     stats = run_campaign(cfg, args.out, seed=args.seed, workers=args.workers,
                          scheduler=args.scheduler, resume=args.resume, progress=not args.quiet)
     print(json.dumps({"out": str(args.out), **stats}))

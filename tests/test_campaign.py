@@ -129,6 +129,23 @@ def test_cli_user_errors(tmp_path, capsys, tiny_store):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_images_per_structure_override(tmp_path, capsys):
+    """--images-per-structure changes how many particles a store of --n images holds."""
+    out = tmp_path / "few.zarr"
+    args = ["simulate", "--config", str(TINY_CONFIG), "--n", "4", "--seed", "3", "--quiet"]
+    assert main([*args, "--images-per-structure", "2", "--out", str(out)]) == 0
+    root = open_store(out)
+    assert root.attrs["images_per_structure"] == 2
+    assert root.attrs["n_structures"] == 2 and root["done"][:].all()
+    assert root.attrs["config"]["images_per_structure"] == 2
+    # Resuming with the config's own value is a different campaign: refused.
+    assert main([*args, "--out", str(out), "--resume"]) == 2
+    assert "different" in capsys.readouterr().err
+    assert main([*args, "--images-per-structure", "2000", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_info_plot(tiny_store, tmp_path, capsys):
     png = tmp_path / "grid.png"
     assert main(["info", str(tiny_store), "--plot", str(png), "--samples", "4"]) == 0
