@@ -116,7 +116,7 @@ def test_results_file_schema(reference_run, series_tif, model_dir):
     assert attrs["model_sha256"] == artifact.weights_sha256
     assert attrs["pixel_size_A"] == pytest.approx(PIXEL_A)
     assert attrs["frame_interval_s"] == pytest.approx(0.5)
-    assert attrs["depth_smoothing"] == "hmm"
+    assert attrs["depth_smoothing"] == "changepoint"
     expected = {"ce_depth": np.uint8, "ce_confidence": np.float16,
                 "o_depth": np.uint8, "o_confidence": np.float16}
     for name in MAP_NAMES:
@@ -207,6 +207,18 @@ def test_no_smooth_keeps_frame_depths(series_tif, model_dir, tmp_path):
     r = read_results(out, load_maps=False)
     assert r["attrs"]["depth_smoothing"] == "none"
     np.testing.assert_array_equal(r["columns"]["depth"], r["columns"]["depth_frame"])
+
+
+def test_smoothing_choice(series_tif, model_dir, tmp_path, capsys):
+    out = tmp_path / "hmm.h5"
+    _predict(series_tif, out, model_dir, "--smoothing", "hmm")
+    assert read_results(out, load_maps=False)["attrs"]["depth_smoothing"] == "hmm"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage line + one error line
+        _predict(series_tif, tmp_path / "x.h5", model_dir, "--smoothing", "kalman")
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'kalman'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_several_inputs_write_one_file_each(series_tif, model_dir, tmp_path):
@@ -490,9 +502,14 @@ def test_demo_refuses_missing_default_model(tmp_path):
 # --------------------------------------------------------------------------- streaming post-processing
 
 
-def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape):
+def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape, smoothing):
     """Post-processing of DESIGN's first version: the whole column table in memory."""
-    from atom3d.inference.tracking import detect_events, link_tracks, smooth_track_depths
+    from atom3d.inference.tracking import (
+        changepoint_track_depths,
+        detect_events,
+        link_tracks,
+        smooth_track_depths,
+    )
 
     valid = frames["valid"].astype(bool)
     rows = [np.flatnonzero(cols["frame"] == t) for t in range(n_frames)]
@@ -513,8 +530,12 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
         all_ids = np.concatenate(ids)
         next_id = int(all_ids.max()) + 1 if all_ids.size else next_id
         probs = [series_mod._depth_posteriors(cols, r, classes[species]) for r in per_frame]
-        d_list, c_list = smooth_track_depths(ids, probs, switch_prob=series_mod.SWITCH_PROB,
-                                             max_step=series_mod.MAX_STEP, first_depth=1)
+        if smoothing == "hmm":
+            d_list, c_list = smooth_track_depths(ids, probs, switch_prob=series_mod.SWITCH_PROB,
+                                                 max_step=series_mod.MAX_STEP, first_depth=1)
+        else:
+            d_list, c_list = changepoint_track_depths(ids, probs,
+                                                      series_mod.CHANGEPOINT_PENALTY)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d
@@ -524,7 +545,8 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
     return drift, track, depth, events
 
 
-def test_streaming_postprocess_equals_whole_series(tmp_path):
+@pytest.mark.parametrize("smoothing", ["changepoint", "hmm"])
+def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
     """The frame-by-frame post-processing gives what the whole-table version gives."""
     rng = np.random.default_rng(5)
     n_frames, k, shape, p = 14, 6, (80, 80), 0.2
@@ -557,8 +579,8 @@ def test_streaming_postprocess_equals_whole_series(tmp_path):
             w.write_frame(t, ce_depth=zeros, ce_confidence=zeros, o_depth=zeros,
                           o_confidence=zeros, columns=cols, frame_row={"valid": t != 4})
         reference = _whole_series_reference(w.read_columns(), w.read_frames(), n_frames,
-                                            {"Ce": k, "O": k}, p, shape)
-        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smooth=True)
+                                            {"Ce": k, "O": k}, p, shape, smoothing)
+        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smoothing)
         w.finalize()
     drift, track, depth, events = reference
     r = read_results(tmp_path / "s.h5", load_maps=False)

@@ -6,13 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atom3d.inference.tracking import (
+    MIN_LEVEL_NOISE,
     TrackLinker,
     ViterbiBackward,
     ViterbiForward,
+    changepoint_depths,
+    changepoint_track_depths,
     cumulative_drift,
     detect_events,
     estimate_drift,
+    level_noise,
     link_tracks,
+    segment_starts,
     smooth_depths,
     smooth_track_depths,
 )
@@ -235,6 +240,94 @@ def test_smooth_track_depths_follows_tracks():
     depths, _ = smooth_track_depths(track_ids, probs)
     assert depths[4][1] == 4 and depths[4][0] == 5
     assert all(depths[t][list(track_ids[t]).index(7)] == 2 for t in range(10) if t != 4)
+
+
+# ---------------------------------------------------------------------------------------
+# change-point segmentation
+# ---------------------------------------------------------------------------------------
+
+
+def test_segment_starts_finds_steps_not_noise():
+    exact = quiet = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        levels = np.r_[np.full(8, 7.0), np.full(6, 6.4), np.full(10, 6.9)]
+        found = segment_starts(levels + rng.normal(0, 0.05, 24), 2.0 * 0.05 ** 2 * np.log(24))
+        assert {8, 14} <= set(found)
+        exact += found == [8, 14]
+        flat = 5.0 + rng.normal(0, 0.1, 200)
+        quiet += segment_starts(flat, 2.0 * 0.1 ** 2 * np.log(200)) == []
+    assert exact >= 16 and quiet >= 18  # the Schwarz threshold: rare false splits
+    assert segment_starts(np.zeros(1), 0.0) == [] and segment_starts(np.zeros(0), 0.0) == []
+
+
+def test_level_noise_is_robust_to_steps():
+    rng = np.random.default_rng(4)
+    ids = [np.arange(30) for _ in range(12)]
+    step = np.where(np.arange(30) < 5, 1.0, 0.0)  # five tracks lose an atom at frame 6
+    levels = [4.0 + rng.normal(0, 0.2, 30) - (t >= 6) * step for t in range(12)]
+    assert level_noise(ids, levels, default=1.0) == pytest.approx(0.2, rel=0.15)
+    # too few differences: the default; never below the floor
+    assert level_noise([np.arange(2)] * 3, [np.zeros(2)] * 3, default=0.3) == 0.3
+    assert level_noise(ids, [np.full(30, 2.0)] * 12, default=0.3) == MIN_LEVEL_NOISE
+
+
+def test_changepoint_sees_a_shift_the_most_probable_depth_hides():
+    """A column read one atom too thin loses an atom: E[k] drops, argmax stays."""
+    n_states, n_frames = 10, 12
+    track_ids = [np.array([0, 1]) for _ in range(n_frames)]
+    rng = np.random.default_rng(5)
+    probs = []
+    for t in range(n_frames):
+        rows = []
+        for track in (0, 1):
+            p = np.full(n_states, 1e-3)
+            # track 0: true 8 -> 7 at frame 6, read as 7.0 -> ~6.65 (argmax 7 throughout)
+            # track 1: steady, read as 4.0 with the same noise
+            centre = (7.0 - 0.35 * (t >= 6)) if track == 0 else 4.0
+            centre += rng.normal(0, 0.04)
+            lo = int(np.floor(centre))
+            p[lo - 1] += 1 - (centre - lo)  # p over depths 1..n: E[k] = centre
+            p[lo] += centre - lo
+            rows.append(p / p.sum())
+        probs.append(np.array(rows))
+    assert all(np.argmax(p[0]) + 1 == 7 for p in probs)  # the HMM input never moves
+    hmm, _ = smooth_track_depths(track_ids, probs, switch_prob=0.45, max_step=1)
+    assert len({int(d[0]) for d in hmm}) == 1
+    depths, conf = changepoint_track_depths(track_ids, probs, penalty=2.0, noise=0.04)
+    assert [int(d[0]) for d in depths] == [7] * 6 + [6] * 6
+    assert [int(d[1]) for d in depths] == [4] * n_frames
+    assert conf[7][0] == pytest.approx(probs[7][0][5], rel=1e-6)
+    events = detect_events(track_ids, depths, conf)
+    assert [(e["frame"], e["kind"], e["depth_before"], e["depth_after"]) for e in events] == [
+        (6, "depth_change", 7, 6)]
+    # a larger penalty keeps the column steady
+    depths, _ = changepoint_track_depths(track_ids, probs, penalty=2000.0, noise=0.04)
+    assert {int(d[0]) for d in depths} == {7}
+
+
+def test_changepoint_keeps_untracked_and_clips_at_the_range():
+    track_ids = [np.array([3, -1]) for _ in range(10)]
+    probs = []
+    for t in range(10):
+        first = np.zeros(4)
+        first[0] = 1.0  # depth 1 throughout ...
+        if t >= 5:
+            first[:2] = [0.9, 0.1]  # ... with a rising level: the step stays at depth 2
+        other = np.array([0.1, 0.2, 0.6, 0.1])
+        probs.append(np.array([first, other]))
+    depths, _ = changepoint_track_depths(track_ids, probs, penalty=2.0, noise=0.01)
+    assert [int(d[0]) for d in depths] == [1] * 5 + [2] * 5
+    assert all(int(d[1]) == 3 for d in depths)  # untracked: its own most probable depth
+    falling = [p[:, ::-1].copy() for p in probs]  # depth 4 with a falling level
+    depths, _ = changepoint_track_depths(track_ids, falling, penalty=2.0, noise=0.01)
+    assert [int(d[0]) for d in depths] == [4] * 5 + [3] * 5
+    # a falling level at the lowest depth stays there (no depth 0 from a level)
+    lowest = [np.array([[0.7, 0.3, 0, 0] if t < 5 else [0.9, 0.1, 0, 0], other]) for t in range(10)]
+    depths, _ = changepoint_track_depths(track_ids, lowest, penalty=2.0, noise=0.01)
+    assert all(int(d[0]) == 1 for d in depths)
+    with pytest.raises(ValueError):
+        changepoint_depths(track_ids, [], [], 1, 4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ PREDICT_DESCRIPTION = (
     "Predict the atomic columns of CeO2 in HRTEM images or series: for every frame, the "
     "Ce and O columns (positions x, y in Å, pixel (r, c) at x = c·p, y = r·p), their depth "
     "(atoms per column) and its calibrated probability, per-pixel depth and confidence "
-    "maps on the input pixel grid, and over time: drift [Å], column tracks, HMM-smoothed "
+    "maps on the input pixel grid, and over time: drift [Å], column tracks, smoothed "
     "depths and events (columns appearing, vanishing, changing depth). Inputs: dm3/dm4, "
     "emd, ser/emi, mrc, tif (ImageJ calibration), hspy/h5, zarr, npy. Output: an HDF5 "
     "results file (format atom3d.columns v1), written atomically."
@@ -57,8 +57,12 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.h5.partial (same input and "
                         "model); a complete OUT.h5 for the same input and model is kept")
+    p.add_argument("--smoothing", choices=("changepoint", "hmm", "none"), default="changepoint",
+                   help="depth smoothing along column tracks of a series: 'changepoint' "
+                        "(default: constant depth between the changes that shot noise "
+                        "cannot explain), 'hmm' (hidden Markov model) or 'none'")
     p.add_argument("--no-smooth", action="store_true",
-                   help="keep frame-by-frame column depths (no HMM smoothing along tracks)")
+                   help="keep frame-by-frame column depths (same as --smoothing none)")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
                    help="also draw figures (PNG) into DIR")
     p.add_argument("--xyz", type=Path, default=None, metavar="DIR",

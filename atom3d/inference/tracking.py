@@ -25,10 +25,14 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "changepoint_depths",
+    "changepoint_track_depths",
     "cumulative_drift",
     "detect_events",
     "estimate_drift",
+    "level_noise",
     "link_tracks",
+    "segment_starts",
     "smooth_depths",
     "smooth_track_depths",
     "TrackLinker",
@@ -485,6 +489,152 @@ def smooth_track_depths(
             depths[f][i] = d
             confidences[f][i] = probs[f][i][d - first_depth]
     return depths, confidences
+
+
+# ---------------------------------------------------------------------------------------
+# change-point segmentation of the expected depth
+# ---------------------------------------------------------------------------------------
+
+#: Robust noise estimate: fewer within-track differences than this use the default.
+MIN_NOISE_SAMPLES = 20
+#: Floor of the level noise (identical frames would otherwise split on any rounding).
+MIN_LEVEL_NOISE = 0.05
+
+
+def segment_starts(values: np.ndarray, threshold: float) -> list[int]:
+    """Change points of a piecewise-constant fit of ``values`` (binary segmentation).
+
+    The segment ``values[lo:hi]`` is split where the drop of the sum of squared
+    deviations from the segment means is largest, if that drop exceeds ``threshold``
+    (same units as ``values²``); both halves are then split in turn.
+
+    Returns
+    -------
+    list of int
+        Sorted indices where a new segment starts (0 excluded).
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    out: list[int] = []
+    stack = [(0, len(x))]
+    while stack:
+        lo, hi = stack.pop()
+        n = hi - lo
+        if n < 2:
+            continue
+        left = np.cumsum(x[lo:hi] - x[lo:hi].mean())[:-1]
+        k = np.arange(1, n, dtype=np.float64)
+        gain = left ** 2 * n / (k * (n - k))  # SSE(one mean) - SSE(two means)
+        j = int(np.argmax(gain))
+        if gain[j] > threshold:
+            out.append(lo + j + 1)
+            stack += [(lo, lo + j + 1), (lo + j + 1, hi)]
+    return sorted(out)
+
+
+def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
+                default: float) -> float:
+    """Frame-to-frame noise σ of a per-detection level along tracks (robust).
+
+    σ = 1.4826 · median |Δ| / √2 over the differences Δ between consecutive detections
+    of every track (a real change is one rare outlier among them); ``default`` with
+    fewer than ``MIN_NOISE_SAMPLES`` differences; never below ``MIN_LEVEL_NOISE``.
+    """
+    diffs = [np.diff(np.array([levels[f][i] for f, i in zip(frames, rows, strict=True)]))
+             for frames, rows in _observations(track_ids).values() if len(frames) > 1]
+    diffs = np.concatenate(diffs) if diffs else np.zeros(0)
+    if len(diffs) < MIN_NOISE_SAMPLES:
+        return max(float(default), MIN_LEVEL_NOISE)
+    return max(1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0), MIN_LEVEL_NOISE)
+
+
+def changepoint_depths(
+    track_ids: Sequence[np.ndarray],
+    levels: Sequence[np.ndarray],
+    frame_depths: Sequence[np.ndarray],
+    lowest: int,
+    highest: int,
+    penalty: float = 2.0,
+    noise: float | None = None,
+    default_noise: float = 0.25,
+) -> list[np.ndarray]:
+    """Piecewise-constant depth of every track from its expected depth over time.
+
+    The network's depth errors on one column are mostly systematic (the same column in
+    the same optics is misread the same way in every frame), while a real change moves
+    the expected depth ``E[k] = Σ k·p(k)`` of the column even when it does not move its
+    most probable depth. So each track's sequence of ``E[k]`` is cut into segments of
+    constant level by :func:`segment_starts`, with the Schwarz (BIC) threshold
+    ``penalty · σ² · ln L`` (L = detections of the track, σ = :func:`level_noise` of
+    the series unless ``noise`` is given); ``penalty = 2`` is the Schwarz criterion.
+    A segment's depth is the median of its frame-by-frame depths (halves rounded up);
+    where two consecutive segments would get depths that do not step the way their
+    levels step, the later one is set one atom from the earlier in the direction of the
+    step (within ``lowest .. highest``): a significant change of the column is at least
+    one atom.
+
+    Parameters
+    ----------
+    track_ids : sequence of numpy.ndarray
+        Per frame, track ids of its detections; ids < 0 keep their frame depth.
+    levels : sequence of numpy.ndarray
+        Per frame, expected depth of each detection [atoms].
+    frame_depths : sequence of numpy.ndarray
+        Per frame, most probable depth of each detection [atoms].
+    lowest, highest : int
+        Depth range of the states [atoms].
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per frame, int64 depth of each detection [atoms].
+    """
+    if not len(track_ids) == len(levels) == len(frame_depths):
+        raise ValueError("track_ids, levels and frame_depths must have one entry per frame")
+    sigma = level_noise(track_ids, levels, default_noise) if noise is None else float(noise)
+    depths = [np.asarray(d).astype(np.int64).reshape(-1).copy() for d in frame_depths]
+    for frames, rows in _observations(track_ids).values():
+        e = np.array([levels[f][i] for f, i in zip(frames, rows, strict=True)], np.float64)
+        d0 = np.array([frame_depths[f][i] for f, i in zip(frames, rows, strict=True)], np.float64)
+        n = len(e)
+        bounds = [0, *segment_starts(e, penalty * sigma ** 2 * np.log(max(n, 2))), n]
+        prev_d = prev_m = None
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            d, m = int(np.floor(np.median(d0[a:b]) + 0.5)), float(e[a:b].mean())
+            if prev_d is not None:
+                step = int(np.sign(m - prev_m))
+                if step and int(np.sign(d - prev_d)) != step:
+                    d = int(np.clip(prev_d + step, lowest, highest))
+            for f, i in zip(frames[a:b], rows[a:b], strict=True):
+                depths[f][i] = d
+            prev_d, prev_m = d, m
+    return depths
+
+
+def changepoint_track_depths(
+    track_ids: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    penalty: float = 2.0,
+    first_depth: int = 1,
+    noise: float | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
+
+    ``probs`` holds per frame the ``(N_t, S)`` probabilities of the depths
+    ``first_depth .. first_depth + S - 1``. Returns per frame the uint8 depths and the
+    float32 probability of each depth in its frame.
+    """
+    if len(track_ids) != len(probs):
+        raise ValueError("track_ids and probs must have one entry per frame")
+    n_states = next((np.shape(p)[1] for p in probs if np.ndim(p) == 2 and len(p)), 1)
+    probs = [np.asarray(p, dtype=np.float64).reshape(-1, n_states) for p in probs]
+    states = np.arange(n_states) + first_depth
+    levels = [p @ states for p in probs]
+    frame_depths = [np.argmax(p, axis=1) + first_depth for p in probs]
+    depths = changepoint_depths(track_ids, levels, frame_depths, first_depth,
+                                first_depth + n_states - 1, penalty, noise)
+    confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
+                   for p, d in zip(probs, depths, strict=True)]
+    return [d.astype(np.uint8) for d in depths], confidences
 
 
 class ViterbiForward:
