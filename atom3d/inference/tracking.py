@@ -15,6 +15,7 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -32,10 +33,14 @@ __all__ = [
     "estimate_drift",
     "level_noise",
     "link_tracks",
+    "packed_level_noise",
+    "segment_packed",
     "segment_starts",
+    "segment_track",
     "smooth_depths",
     "smooth_track_depths",
     "TrackLinker",
+    "TrackPacker",
     "ViterbiBackward",
     "ViterbiForward",
 ]
@@ -531,20 +536,141 @@ def segment_starts(values: np.ndarray, threshold: float) -> list[int]:
     return sorted(out)
 
 
-def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
-                default: float) -> float:
-    """Frame-to-frame noise σ of a per-detection level along tracks (robust).
+class TrackPacker:
+    """Lays the detections of a series out track by track, in two passes over the frames.
+
+    Pass one :meth:`count` s the detections of every track id; :meth:`allocate` then gives
+    each track a contiguous slice ``offsets[id]:offsets[id + 1]`` of a packed array, and
+    :meth:`positions` (frames in order) or :meth:`positions_reverse` (frames in reverse
+    order, after :meth:`rewind`) return where each detection of a frame goes in it. Ids
+    must be unique within a frame; ids < 0 get position -1.
+    """
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, np.int64)
+        self.offsets = np.zeros(1, np.int64)
+        self._fill = np.zeros(0, np.int64)
+
+    def count(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        ids = ids[ids >= 0]
+        if ids.size:
+            if ids.max() >= len(self.counts):
+                grown = np.zeros(max(int(ids.max()) + 1, 2 * len(self.counts)), np.int64)
+                grown[:len(self.counts)] = self.counts
+                self.counts = grown
+            self.counts[ids] += 1
+
+    def allocate(self) -> int:
+        """Fix the layout (and start the forward replay); returns the packed length."""
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.restart()
+        return int(self.offsets[-1])
+
+    def restart(self) -> None:
+        """Start a replay of the frames in order."""
+        self._fill = self.offsets[:-1].copy()
+
+    def rewind(self) -> None:
+        """Start a replay of the frames in reverse order."""
+        self._fill = self.offsets[1:].copy()
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Packed positions of one frame's detections (frames in order)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        pos = np.full(len(ids), -1, np.int64)
+        m = ids >= 0
+        pos[m] = self._fill[ids[m]]
+        self._fill[ids[m]] += 1
+        return pos
+
+    def positions_reverse(self, ids: np.ndarray) -> np.ndarray:
+        """Packed positions of one frame's detections (frames in reverse order)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        pos = np.full(len(ids), -1, np.int64)
+        m = ids >= 0
+        self._fill[ids[m]] -= 1
+        pos[m] = self._fill[ids[m]]
+        return pos
+
+    def tracks(self) -> Iterable[tuple[int, int]]:
+        """``(start, stop)`` of every track with detections in the packed array."""
+        for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True):
+            if b > a:
+                yield int(a), int(b)
+
+
+def packed_level_noise(levels: np.ndarray, offsets: np.ndarray, default: float) -> float:
+    """Frame-to-frame noise σ of a level packed track by track (robust).
 
     σ = 1.4826 · median |Δ| / √2 over the differences Δ between consecutive detections
     of every track (a real change is one rare outlier among them); ``default`` with
     fewer than ``MIN_NOISE_SAMPLES`` differences; never below ``MIN_LEVEL_NOISE``.
+    ``offsets`` are the track boundaries (:attr:`TrackPacker.offsets`).
     """
-    diffs = [np.diff(np.array([levels[f][i] for f, i in zip(frames, rows, strict=True)]))
-             for frames, rows in _observations(track_ids).values() if len(frames) > 1]
-    diffs = np.concatenate(diffs) if diffs else np.zeros(0)
+    diffs = np.abs(np.diff(np.asarray(levels, np.float32)))
+    inside = np.ones(len(diffs), bool)
+    ends = np.asarray(offsets, np.int64)[1:-1] - 1  # a difference across two tracks
+    inside[ends[(ends >= 0) & (ends < len(diffs))]] = False
+    diffs = diffs[inside]
     if len(diffs) < MIN_NOISE_SAMPLES:
         return max(float(default), MIN_LEVEL_NOISE)
-    return max(1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0), MIN_LEVEL_NOISE)
+    return max(1.4826 * float(np.median(diffs)) / np.sqrt(2.0), MIN_LEVEL_NOISE)
+
+
+def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
+                default: float) -> float:
+    """:func:`packed_level_noise` of per-frame track ids and levels."""
+    packer, packed = _pack(track_ids, [levels], [np.float32])
+    return packed_level_noise(packed[0], packer.offsets, default)
+
+
+def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float,
+                  lowest: int, highest: int) -> np.ndarray:
+    """Depths of one track from its levels (see :func:`changepoint_depths`)."""
+    e = np.asarray(levels, np.float64)
+    d0 = np.asarray(frame_depths, np.float64)
+    bounds = [0, *segment_starts(e, threshold), len(e)]
+    out = np.empty(len(e), np.int64)
+    prev_d = prev_m = None
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        d, m = int(np.floor(np.median(d0[a:b]) + 0.5)), float(e[a:b].mean())
+        if prev_d is not None:
+            step = int(np.sign(m - prev_m))
+            if step and int(np.sign(d - prev_d)) != step:
+                d = int(np.clip(prev_d + step, lowest, highest))
+        out[a:b] = d
+        prev_d, prev_m = d, m
+    return out
+
+
+def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPacker,
+                   lowest: int, highest: int, penalty: float = 2.0,
+                   noise: float | None = None, default_noise: float = 0.25) -> np.ndarray:
+    """:func:`segment_track` for every track of packed arrays; uint8 depths, packed."""
+    sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
+             else float(noise))
+    out = np.empty(len(levels), np.uint8)
+    for a, b in packer.tracks():
+        threshold = penalty * sigma ** 2 * np.log(max(b - a, 2))
+        out[a:b] = segment_track(levels[a:b], frame_depths[a:b], threshold, lowest, highest)
+    return out
+
+
+def _pack(track_ids: Sequence[np.ndarray], fields: Sequence[Sequence[np.ndarray]],
+          dtypes: Sequence[Any]) -> tuple[TrackPacker, list[np.ndarray]]:
+    """Per-frame ``fields`` (each a list over frames) packed track by track."""
+    packer = TrackPacker()
+    for ids in track_ids:
+        packer.count(ids)
+    n = packer.allocate()
+    packed = [np.empty(n, dtype) for dtype in dtypes]
+    for t, ids in enumerate(track_ids):
+        pos = packer.positions(ids)
+        m = pos >= 0
+        for out, field in zip(packed, fields, strict=True):
+            out[pos[m]] = np.asarray(field[t]).reshape(-1)[m]
+    return packer, packed
 
 
 def changepoint_depths(
@@ -562,26 +688,28 @@ def changepoint_depths(
     The network's depth errors on one column are mostly systematic (the same column in
     the same optics is misread the same way in every frame), while a real change moves
     the expected depth ``E[k] = Σ k·p(k)`` of the column even when it does not move its
-    most probable depth. So each track's sequence of ``E[k]`` is cut into segments of
-    constant level by :func:`segment_starts`, with the Schwarz (BIC) threshold
-    ``penalty · σ² · ln L`` (L = detections of the track, σ = :func:`level_noise` of
-    the series unless ``noise`` is given); ``penalty = 2`` is the Schwarz criterion.
-    A segment's depth is the median of its frame-by-frame depths (halves rounded up);
-    where two consecutive segments would get depths that do not step the way their
-    levels step, the later one is set one atom from the earlier in the direction of the
-    step (within ``lowest .. highest``): a significant change of the column is at least
-    one atom.
+    most probable depth. So each track's sequence of ``E[k]`` (as float32) is cut into
+    segments of constant level by :func:`segment_starts`, with the Schwarz (BIC)
+    threshold ``penalty · σ² · ln L`` (L = detections of the track, σ =
+    :func:`packed_level_noise` of the series unless ``noise`` is given); ``penalty = 2``
+    is the Schwarz criterion. A segment's depth is the median of its frame-by-frame
+    depths (halves rounded up); where two consecutive segments would get depths that do
+    not step the way their levels step, the later one is set one atom from the earlier
+    in the direction of the step (within ``lowest .. highest``): a significant change of
+    the column is at least one atom. Memory: 6 bytes per tracked detection (the
+    sequences are packed track by track, :class:`TrackPacker`).
 
     Parameters
     ----------
     track_ids : sequence of numpy.ndarray
-        Per frame, track ids of its detections; ids < 0 keep their frame depth.
+        Per frame, track ids of its detections (unique per frame); ids < 0 keep their
+        frame depth.
     levels : sequence of numpy.ndarray
         Per frame, expected depth of each detection [atoms].
     frame_depths : sequence of numpy.ndarray
         Per frame, most probable depth of each detection [atoms].
     lowest, highest : int
-        Depth range of the states [atoms].
+        Depth range of the states [atoms], within 0..255.
 
     Returns
     -------
@@ -590,23 +718,15 @@ def changepoint_depths(
     """
     if not len(track_ids) == len(levels) == len(frame_depths):
         raise ValueError("track_ids, levels and frame_depths must have one entry per frame")
-    sigma = level_noise(track_ids, levels, default_noise) if noise is None else float(noise)
-    depths = [np.asarray(d).astype(np.int64).reshape(-1).copy() for d in frame_depths]
-    for frames, rows in _observations(track_ids).values():
-        e = np.array([levels[f][i] for f, i in zip(frames, rows, strict=True)], np.float64)
-        d0 = np.array([frame_depths[f][i] for f, i in zip(frames, rows, strict=True)], np.float64)
-        n = len(e)
-        bounds = [0, *segment_starts(e, penalty * sigma ** 2 * np.log(max(n, 2))), n]
-        prev_d = prev_m = None
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            d, m = int(np.floor(np.median(d0[a:b]) + 0.5)), float(e[a:b].mean())
-            if prev_d is not None:
-                step = int(np.sign(m - prev_m))
-                if step and int(np.sign(d - prev_d)) != step:
-                    d = int(np.clip(prev_d + step, lowest, highest))
-            for f, i in zip(frames[a:b], rows[a:b], strict=True):
-                depths[f][i] = d
-            prev_d, prev_m = d, m
+    packer, (e, d0) = _pack(track_ids, [levels, frame_depths], [np.float32, np.uint8])
+    packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise)
+    packer.restart()
+    depths = []
+    for ids, fd in zip(track_ids, frame_depths, strict=True):
+        d = np.asarray(fd).astype(np.int64).reshape(-1).copy()
+        pos = packer.positions(ids)
+        d[pos >= 0] = packed[pos[pos >= 0]]
+        depths.append(d)
     return depths
 
 
@@ -628,7 +748,7 @@ def changepoint_track_depths(
     n_states = next((np.shape(p)[1] for p in probs if np.ndim(p) == 2 and len(p)), 1)
     probs = [np.asarray(p, dtype=np.float64).reshape(-1, n_states) for p in probs]
     states = np.arange(n_states) + first_depth
-    levels = [p @ states for p in probs]
+    levels = [(p @ states).astype(np.float32) for p in probs]
     frame_depths = [np.argmax(p, axis=1) + first_depth for p in probs]
     depths = changepoint_depths(track_ids, levels, frame_depths, first_depth,
                                 first_depth + n_states - 1, penalty, noise)
