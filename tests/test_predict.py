@@ -127,6 +127,12 @@ def test_results_file_schema(reference_run, series_tif, model_dir):
         assert set(fields) <= set(r[table])
     cols, frames = r["columns"], r["frames"]
     assert {"n_surface_columns", "n_ce_columns", "n_o_columns"} <= set(frames)
+    # the frames were drawn at 500 e/Å² of an image whose mean intensity is m: the shot
+    # noise says 500·m electrons per Å² were detected
+    m = np.mean(_lattice_frame(np.random.default_rng(0), (0, 0), dose=1e9)) / (1e9 * PIXEL_A**2)
+    valid = frames["valid"].astype(bool)
+    np.testing.assert_allclose(frames["dose_e_per_A2"][valid], 500 * m, rtol=0.15)
+    assert np.isnan(frames["dose_e_per_A2"][~valid]).all() and (~valid).any()
     assert {"p_column", "depth_frame", "confidence_frame", f"p_depth_{K}"} <= set(cols)
     assert len(cols["x"]) > 0
     assert np.all(cols["depth"] >= 1) and np.all(cols["depth"] <= K)

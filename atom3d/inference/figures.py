@@ -239,5 +239,10 @@ def _plot_summary(path: Path, table: dict[str, np.ndarray], attrs: dict[str, Any
     axes[3].set_ylabel("equivalent radius [Å]")
     for ax in axes[2:]:
         ax.set_xlabel(label)
-    fig.suptitle(f"{Path(str(attrs.get('source', ''))).name}  (model {attrs.get('model', '')})")
+    title = f"{Path(str(attrs.get('source', ''))).name}  (model {attrs.get('model', '')})"
+    dose = series("dose_e_per_A2") if "dose_e_per_A2" in table else np.full(len(valid), np.nan)
+    if np.isfinite(dose).any():
+        title += (f"\ndose per frame {np.nanmin(dose):.0f}–{np.nanmax(dose):.0f} e/Å² "
+                  "(estimated from the shot noise)")
+    fig.suptitle(title)
     return _save(fig, path)

@@ -66,6 +66,7 @@ import torch
 from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
 from atom3d.inference.columns import ColumnTable, find_columns_from
+from atom3d.inference.dose import estimate_dose
 from atom3d.inference.memory import limit_malloc_arenas
 from atom3d.inference.tiling import predict_tiled
 from atom3d.models.artifact import (
@@ -105,6 +106,9 @@ class FramePrediction:
         uint8 ``(H, W)`` on the input grid: 0 = no column, k = k atoms.
     ce_confidence, o_confidence : numpy.ndarray
         float32 ``(H, W)``: probability of the label in the depth map (NaN if invalid).
+    dose_e_per_A2 : float
+        Electron dose of the frame estimated from its shot noise [e/Å²]
+        (:func:`~atom3d.inference.dose.estimate_dose`; NaN if invalid).
     """
 
     valid: bool
@@ -114,6 +118,7 @@ class FramePrediction:
     ce_confidence: np.ndarray
     o_depth: np.ndarray
     o_confidence: np.ndarray
+    dose_e_per_A2: float = math.nan
 
 
 def resolve_device(device: str) -> torch.device:
@@ -368,7 +373,8 @@ class Predictor:
             finished = self._finish_many(logits, [frames[i].shape for i in todo],
                                          pixel_size_A)
             for i, prediction in zip(todo, finished, strict=True):
-                results[i] = prediction
+                results[i] = dataclasses.replace(
+                    prediction, dose_e_per_A2=estimate_dose(frames[i], pixel_size_A))
         return results  # type: ignore[return-value]
 
     def _finish_many(self, logits: Sequence[tuple[np.ndarray, np.ndarray]],

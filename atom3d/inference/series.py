@@ -23,6 +23,9 @@ Per frame (``/frames``)
     ``n_surface_columns`` = Ce columns with fewer than 6 Ce columns within 4.6 Å (in the
     [110] projection a bulk Ce column has 4 neighbours at 3.31 Å and 2 at 3.83 Å, the next
     ones are at 5.41 Å); ``n_ce_columns``, ``n_o_columns`` = numbers of columns;
+    ``dose_e_per_A2`` = the frame's electron dose estimated from its own shot noise
+    [e/Å²] (:func:`~atom3d.inference.dose.estimate_dose`; gain-free, needs counts
+    without a dark offset; NaN for invalid frames);
     ``drift_x``, ``drift_y`` [Å] (NaN for invalid frames).
 
 Drift
@@ -248,6 +251,7 @@ def _frame_row(pred: FramePrediction) -> dict[str, Any]:
         "n_surface_columns": np.int32(count_surface_columns(ce.x_A, ce.y_A)),
         "n_ce_columns": np.int32(len(ce)),
         "n_o_columns": np.int32(len(o)),
+        "dose_e_per_A2": np.float32(pred.dose_e_per_A2),
     }
 
 
