@@ -138,6 +138,9 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     from atom3d.structures.defects import remove_dangling_oxygen, surface_cation_vacancies
     from atom3d.structures.shapes import particle_mask
 
+    from atom3d.simulation.campaign import configure_abtem
+
+    configure_abtem()  # deterministic FFT plans: the same series in every run
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -90,7 +90,8 @@ def _worker_init() -> None:
         os.environ[var] = "1"
 
 
-def _configure_abtem() -> None:
+def configure_abtem() -> None:
+    """abTEM settings every atom3d simulation uses: deterministic FFT plans, one thread."""
     import abtem
 
     # FFTW_ESTIMATE plans are deterministic (FFTW_MEASURE may pick different algorithms
@@ -105,7 +106,7 @@ def simulate_structure(store_path: str, s: int) -> float:
 
     from atom3d.data.store import MAX_COLUMNS, PARAM_NAMES, images_of_structure
 
-    _configure_abtem()
+    configure_abtem()
     t0 = time.perf_counter()
     root = zarr.open_group(store_path, mode="r+")
     attrs = root.attrs
