@@ -207,6 +207,15 @@ def test_constant_frame_invalid_and_batching_consistent(model_dir):
     np.testing.assert_allclose(batched[0].ce_confidence, confidence, atol=1e-5)
 
 
+def test_smoothed_confidence_stays_calibrated(reference_run):
+    """Change points: where the smoothed depth is the frame's own, so is the confidence."""
+    cols = read_results(reference_run, load_maps=False)["columns"]
+    same = cols["depth"] == cols["depth_frame"]
+    assert same.any()
+    np.testing.assert_array_equal(cols["confidence"][same], cols["confidence_frame"][same])
+    assert np.all((cols["confidence"] >= 0) & (cols["confidence"] <= 1))
+
+
 def test_no_smooth_keeps_frame_depths(series_tif, model_dir, tmp_path):
     out = tmp_path / "raw.h5"
     _predict(series_tif, out, model_dir, "--no-smooth")

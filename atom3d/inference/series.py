@@ -68,7 +68,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +339,9 @@ def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> n
 
 
 def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: float,
-                smoothing: str = "changepoint") -> dict[str, Any]:
+                smoothing: str = "changepoint",
+                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None
+                ) -> dict[str, Any]:
     """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
 
     Everything is computed from the rows stored in the (partial) results file, so that a
@@ -360,7 +362,10 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     to the scratch file, a second pass packs them track by track in memory (5 bytes per
     detection, plus 1 for the result: 20 MB for 1000 frames of 3400 columns), and the result
     equals :func:`~atom3d.inference.tracking.changepoint_track_depths` on the whole
-    series (tested). ``"none"`` keeps the frame-by-frame depths.
+    series (tested). Its confidence is the frame's calibrated ``confidence_frame`` where
+    the smoothed depth is the frame's own most probable one, else the frame's probability
+    of the smoothed depth through ``map_confidence(species, p)`` (the model's confidence
+    map; identity if None). ``"none"`` keeps the frame-by-frame depths.
 
     Returns
     -------
@@ -472,8 +477,11 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                 posterior = _depth_posteriors(r, sel, classes[species])
                 if smoothing == "changepoint":
                     d = changepoint[species][packers[species].positions_reverse(rec["id"])]
+                    p = posterior[np.arange(len(posterior)), d.astype(np.int64) - 1]
+                    if map_confidence is not None:
+                        p = map_confidence(species, p)
+                    confidence[sel] = np.where(d == depth[sel], confidence[sel], p)
                     depth[sel] = d
-                    confidence[sel] = posterior[np.arange(len(posterior)), d.astype(np.int64) - 1]
                 d, c = backward[species].step(ids, posterior, rec["best"], rec["first"],
                                               rec["chain"], depth[sel], confidence[sel])
                 track[sel] = ids
@@ -606,7 +614,8 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
                     bar.update(1)
         finally:
             bar.close()
-        stats = postprocess(writer, predictor.classes, float(series.pixel_size_A), smoothing)
+        stats = postprocess(writer, predictor.classes, float(series.pixel_size_A), smoothing,
+                            predictor.artifact.map_confidence)
         frames_table = writer.read_frames()
         n_columns = writer.n_columns
         writer.finalize()
