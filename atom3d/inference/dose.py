@@ -31,7 +31,7 @@ __all__ = ["CORNER_FRACTION", "MAX_SIDE_PX", "estimate_dose"]
 #: Spatial frequencies above this fraction of the corner Nyquist frequency count as noise.
 CORNER_FRACTION = 0.8
 #: Larger frames are measured on their central square of this side [px].
-MAX_SIDE_PX = 1024
+MAX_SIDE_PX = 256
 
 
 def estimate_dose(frame: np.ndarray, pixel_size_A: float) -> float:
