@@ -539,11 +539,12 @@ def segment_starts(values: np.ndarray, threshold: float) -> list[int]:
 class TrackPacker:
     """Lays the detections of a series out track by track, in two passes over the frames.
 
-    Pass one :meth:`count` s the detections of every track id; :meth:`allocate` then gives
-    each track a contiguous slice ``offsets[id]:offsets[id + 1]`` of a packed array, and
-    :meth:`positions` (frames in order) or :meth:`positions_reverse` (frames in reverse
-    order, after :meth:`rewind`) return where each detection of a frame goes in it. Ids
-    must be unique within a frame; ids < 0 get position -1.
+    A first pass counts the detections of every track id (:meth:`count`);
+    :meth:`allocate` then gives each track a contiguous slice
+    ``offsets[id]:offsets[id + 1]`` of a packed array, and :meth:`positions` (frames in
+    order) or :meth:`positions_reverse` (frames in reverse order, after :meth:`rewind`)
+    return where each detection of a frame goes in it. Ids must be unique within a
+    frame; ids < 0 get position -1.
     """
 
     def __init__(self) -> None:
