@@ -126,6 +126,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     from tqdm import tqdm
 
     from atom3d.data.noise import add_shot_noise
+    from atom3d.simulation.campaign import configure_abtem
     from atom3d.simulation.hrtem import (
         MultisliceConfig,
         exit_spectra,
@@ -137,8 +138,6 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     from atom3d.structures.columns import place, rotation_z
     from atom3d.structures.defects import remove_dangling_oxygen, surface_cation_vacancies
     from atom3d.structures.shapes import particle_mask
-
-    from atom3d.simulation.campaign import configure_abtem
 
     configure_abtem()  # deterministic FFT plans: the same series in every run
     out_dir = Path(out_dir)
