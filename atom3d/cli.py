@@ -63,10 +63,10 @@ def _cmd_simulate(args) -> int:
     if args.n is not None:
         cfg = dataclasses.replace(cfg, n_images=args.n)
     if args.images_per_structure is not None:
-        if args.images_per_structure > 1024:
-            raise UserError(f"--images-per-structure must be within 1 … 1024, "
-                            f"got {args.images_per_structure}")
-        cfg = dataclasses.replace(cfg, images_per_structure=args.images_per_structure)
+        try:  # CampaignConfig checks the range
+            cfg = dataclasses.replace(cfg, images_per_structure=args.images_per_structure)
+        except ValueError as error:
+            raise UserError(f"--images-per-structure: {error}") from None
     stats = run_campaign(cfg, args.out, seed=args.seed, workers=args.workers,
                          scheduler=args.scheduler, resume=args.resume, progress=not args.quiet)
     print(json.dumps({"out": str(args.out), **stats}))

@@ -428,7 +428,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                 out["best"], out["first"], out["chain"] = forwards[species].step(ids, posterior)
                 out["level"] = posterior @ np.arange(1, classes[species] + 1)
                 out["frame_depth"] = np.argmax(posterior, axis=1) + 1
-                packers[species].count(ids)
+                if smoothing == "changepoint":
+                    packers[species].count(ids)
                 scratch[species].write(out.tobytes())
                 offsets[species][t + 1] = offsets[species][t] + len(ids)
         first_id = {"Ce": 0, "O": linkers["Ce"].next_id}
