@@ -282,14 +282,19 @@ def test_calibrated_maps_equal_argmax_of_calibrated_softmax(temperature: float) 
     z = torch.randn(2, 9, 24, 20) * 3
     z[0, 3, :4] = z[0, 5, :4] = 50.0  # exact ties between depth classes: lower one wins
     z[1, 0, :3] = 80.0  # certain background
-    presence, depth, confidence = calibrated_maps(z, temperature)
     p = calibrated_softmax(z, temperature)
-    for b in range(2):
+    maps = [calibrated_maps(z[b].numpy(), temperature) for b in range(2)]
+    for b, (presence, depth, confidence) in enumerate(maps):
         ref_depth, ref_conf = maps_from_probs(p[b].numpy())
-        np.testing.assert_array_equal(depth[b].numpy(), ref_depth)
-        np.testing.assert_allclose(confidence[b].numpy(), ref_conf, atol=2e-6)
-        np.testing.assert_allclose(presence[b].numpy(), 1 - p[b, 0].numpy(), atol=2e-6)
-    assert depth.dtype == torch.uint8 and (depth[0, :4] == 3).all() and (depth[1, :3] == 0).all()
+        np.testing.assert_array_equal(depth, ref_depth)
+        np.testing.assert_allclose(confidence, ref_conf, atol=2e-6)
+        np.testing.assert_allclose(presence, 1 - p[b, 0].numpy(), atol=2e-6)
+        assert depth.dtype == np.uint8 and presence.dtype == confidence.dtype == np.float32
+    assert (maps[0][1][:4] == 3).all() and (maps[1][1][:3] == 0).all()
     # the NumPy version over the last axis is the same function
     numpy_p = calibrated_probs_numpy(np.moveaxis(z.numpy(), 1, -1), temperature)
     np.testing.assert_allclose(numpy_p, np.moveaxis(p.numpy(), 1, -1), atol=1e-6)
+    # ... also in float32 with the classes first (the predictor's pooling)
+    single = calibrated_probs_numpy(z.numpy()[0], temperature, axis=0, dtype=np.float32)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, p.numpy()[0], atol=2e-6)

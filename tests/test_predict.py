@@ -7,6 +7,7 @@ a temporary directory; the numbers it predicts are meaningless, the plumbing is 
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -250,8 +251,11 @@ def test_several_inputs_write_one_file_each(series_tif, model_dir, tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, reference_run,
-                                                  tmp_path, monkeypatch):
+                                                  tmp_path, monkeypatch, overlap):
+    """A crash while writing (in the worker thread when the frame loop is pipelined)."""
+    monkeypatch.setattr(series_mod, "OVERLAP_FINISH", overlap)
     out = tmp_path / "run.h5"
     original = series_mod._write_prediction
     calls = []
@@ -291,6 +295,48 @@ def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, referen
     before = out.stat().st_mtime_ns
     assert _predict(series_tif, out, model_dir, "--resume") == 0
     assert out.stat().st_mtime_ns == before
+
+
+def test_network_crash_waits_for_the_batch_being_written(series_tif, model_dir,
+                                                        reference_run, tmp_path, monkeypatch):
+    """Pipelined frame loop (as on a GPU): the network of batch 2 fails while batch 1
+    (frames 0-3) is finished and written in the worker thread. The run stops with that
+    error only after batch 1 is committed, and a resumed run predicts frame 4 alone and
+    ends with the uninterrupted file (made without the pipeline)."""
+    out = tmp_path / "run.h5"
+    original_stage = Predictor.network_stage
+    original_write = series_mod._write_prediction
+    calls = []
+
+    def slow_write(writer, i, pred, k_max):
+        time.sleep(0.05)  # still writing batch 1 when batch 2's network fails
+        original_write(writer, i, pred, k_max)
+
+    def crash_on_second(self, frames, pixel_size_A):
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise RuntimeError("network failed")
+        return original_stage(self, frames, pixel_size_A)
+
+    monkeypatch.setattr(series_mod, "OVERLAP_FINISH", True)  # the GPU pipeline, on a CPU
+    monkeypatch.setattr(series_mod, "_write_prediction", slow_write)
+    monkeypatch.setattr(Predictor, "network_stage", crash_on_second)
+    with pytest.raises(RuntimeError, match="network failed"):
+        _predict(series_tif, out, model_dir)
+    assert calls == [4, 1] and not out.exists() and partial_path(out).exists()
+    monkeypatch.setattr(Predictor, "network_stage", original_stage)
+
+    resumed = []
+    monkeypatch.setattr(series_mod, "_write_prediction",
+                        lambda w, i, p, k: (resumed.append(i), original_write(w, i, p, k)))
+    assert _predict(series_tif, out, model_dir, "--resume") == 0
+    assert resumed == [4]
+    a, b = read_results(reference_run), read_results(out)
+    for name in MAP_NAMES:
+        np.testing.assert_array_equal(a["maps"][name], b["maps"][name])
+    for table in ("columns", "frames", "events"):
+        for field in a[table]:
+            np.testing.assert_array_equal(a[table][field], b[table][field], err_msg=field)
 
 
 # --------------------------------------------------------------------------- tiling

@@ -77,7 +77,7 @@ from atom3d.models.artifact import (
     calibrated_softmax,
 )
 
-__all__ = ["MIN_SEPARATION_A", "FramePrediction", "Predictor", "resolve_device"]
+__all__ = ["MIN_SEPARATION_A", "FramePrediction", "PendingBatch", "Predictor", "resolve_device"]
 
 # before torch's and our worker threads first allocate (see atom3d.inference.memory)
 limit_malloc_arenas()
@@ -119,6 +119,22 @@ class FramePrediction:
     o_depth: np.ndarray
     o_confidence: np.ndarray
     dose_e_per_A2: float = math.nan
+
+
+@dataclass
+class PendingBatch:
+    """A batch of frames after the network (:meth:`Predictor.network_stage`).
+
+    ``frames`` as float32, their ``pixel_size_A`` [Å], ``results`` with the invalid
+    frames already filled in (None for the others), ``todo`` the indices of the valid
+    frames and ``logits`` their ``(Ce, O)`` logits on the model grid, in that order.
+    """
+
+    frames: list[np.ndarray]
+    pixel_size_A: float
+    results: list[FramePrediction | None]
+    todo: list[int]
+    logits: list[tuple[np.ndarray, np.ndarray]]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -336,6 +352,11 @@ class Predictor:
                      pixel_size_A: float) -> list[FramePrediction]:
         """Predict frames of one series (same shape and pixel size), batching small frames.
 
+        The same as ``finish(network_stage(frames, pixel_size_A))``: see
+        :meth:`network_stage` and :meth:`finish`, which
+        :func:`~atom3d.inference.series.predict_series` runs in two threads on a GPU, so
+        that one batch's maps, columns and writing overlap the next batch's network.
+
         Parameters
         ----------
         frames : sequence of numpy.ndarray
@@ -347,6 +368,14 @@ class Predictor:
         -------
         list of FramePrediction
             One per frame, maps on the input grid.
+        """
+        return self.finish(self.network_stage(frames, pixel_size_A))
+
+    def network_stage(self, frames: Sequence[np.ndarray], pixel_size_A: float) -> PendingBatch:
+        """Steps 1-2 of the module docstring: validity, resampling, normalisation, network.
+
+        Returns a :class:`PendingBatch` holding the logits; :meth:`finish` turns it into
+        :class:`FramePrediction` objects.
         """
         if not (math.isfinite(pixel_size_A) and pixel_size_A > 0):
             raise UserError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
@@ -363,6 +392,7 @@ class Predictor:
                 continue
             todo.append(i)
             images.append(self.model_grid(frame, pixel_size_A))
+        logits: list[tuple[np.ndarray, np.ndarray]] = []
         if images:
             single = all(max(im.shape) <= self._tile_for(im.shape) for im in images)
             if single and len({im.shape for im in images}) == 1:
@@ -370,11 +400,18 @@ class Predictor:
             else:
                 k_ce = self.n_classes[0]
                 logits = [(z[:k_ce], z[k_ce:]) for z in map(self.logits, images)]
-            finished = self._finish_many(logits, [frames[i].shape for i in todo],
-                                         pixel_size_A)
-            for i, prediction in zip(todo, finished, strict=True):
+        return PendingBatch(frames, float(pixel_size_A), results, todo, logits)
+
+    def finish(self, pending: PendingBatch) -> list[FramePrediction]:
+        """Steps 3-4 of the module docstring for a batch from :meth:`network_stage`."""
+        results = list(pending.results)
+        if pending.todo:
+            frames = pending.frames
+            finished = self._finish_many(pending.logits, [frames[i].shape for i in pending.todo],
+                                         pending.pixel_size_A)
+            for i, prediction in zip(pending.todo, finished, strict=True):
                 results[i] = dataclasses.replace(
-                    prediction, dose_e_per_A2=estimate_dose(frames[i], pixel_size_A))
+                    prediction, dose_e_per_A2=estimate_dose(frames[i], pending.pixel_size_A))
         return results  # type: ignore[return-value]
 
     def _finish_many(self, logits: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -382,28 +419,23 @@ class Predictor:
                      pixel_size_A: float) -> list[FramePrediction]:
         """Maps and columns of model-grid logits; maps on each frame's input grid.
 
-        The calibrated maps are computed with torch (its own threads); the column
-        finding and any resampling of every (frame, species) then run in a thread pool.
+        The calibrated maps, the column finding and any resampling of every
+        (frame, species) run in a thread pool (NumPy and SciPy release the GIL).
         """
         temperature = self.artifact.temperature
         same = abs(pixel_size_A - self.pixel_size_A) < 1e-9 * self.pixel_size_A
-        jobs = []  # (frame, species, logits, presence, depth, confidence)
-        with torch.no_grad():
-            for f, z in enumerate(logits):
-                for species, zs in zip(SPECIES, z, strict=True):
-                    zs = np.ascontiguousarray(zs, dtype=np.float32)
-                    presence, depth, confidence = (
-                        t[0].numpy() for t in calibrated_maps(torch.from_numpy(zs)[None],
-                                                              temperature[species]))
-                    jobs.append((f, species, zs, presence, depth, confidence))
+        jobs = [(f, species, np.ascontiguousarray(zs, dtype=np.float32))
+                for f, z in enumerate(logits) for species, zs in zip(SPECIES, z, strict=True)]
 
         def finish(job):
-            f, species, zs, presence, depth, confidence = job
+            f, species, zs = job
             t = temperature[species]
+            presence, depth, confidence = calibrated_maps(zs, t)
 
             def class_probs(pixels: np.ndarray) -> np.ndarray:
-                values = zs[:, pixels[..., 0], pixels[..., 1]]  # (K + 1, N, M)
-                return calibrated_probs_numpy(np.moveaxis(values, 0, -1), t)
+                values = zs[:, pixels[..., 0], pixels[..., 1]]  # (K + 1, ...)
+                return np.moveaxis(calibrated_probs_numpy(values, t, axis=0, dtype=np.float32),
+                                   0, -1)
 
             table = find_columns_from(presence, class_probs, zs.shape[0], self.pixel_size_A,
                                       MIN_SEPARATION_A[species])

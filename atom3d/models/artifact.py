@@ -198,78 +198,91 @@ class ModelArtifact:
         return ce, o
 
 
-def calibrated_maps(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+def calibrated_maps(logits: np.ndarray,
+                    temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel maps of :func:`calibrated_softmax` without forming its probabilities.
 
     The same numbers as ``p = calibrated_softmax(logits, temperature)`` followed by
-    ``1 - p[:, 0]``, ``argmax(p, 1)`` and ``max(p, 1)`` (ties to the lower class), in
+    ``1 - p[0]``, ``argmax(p, 0)`` and ``max(p, 0)`` (ties to the lower class), in
     one exponential pass over the depth logits (and a second one over the pixels where
     a column is more likely than not) instead of a full softmax, a second softmax and
-    an argmax over all ``K + 1`` channels (four times faster on a CPU):
+    an argmax over all ``K + 1`` channels:
     with ``m = max_k z_k`` (k >= 1), ``S_1 = Σ_k exp(z_k - m)`` and
     ``S_T = Σ_k exp((z_k - m) / T)``, the presence is
     ``1 - p(0) = sigmoid(m + log S_1 - z_0)``, the most probable depth is
     ``argmax_k z_k`` with probability ``(1 - p(0)) / S_T``.
 
+    NumPy, in the calling thread: the predictor runs it in its pool of column-finding
+    threads (one per species and frame), where it is about twice as fast as the same
+    steps in torch on one thread (8-9 against 17 ms for 21 classes of 512² px).
+
     Parameters
     ----------
-    logits : Tensor
-        ``(B, K + 1, H, W)``, class 0 = background.
+    logits : numpy.ndarray
+        float32 ``(K + 1, H, W)``, class 0 = background.
     temperature : float
         T > 0.
 
     Returns
     -------
-    presence : Tensor
-        float ``(B, H, W)``: ``1 - p(0)``, the probability that a column is there.
-    depth : Tensor
-        uint8 ``(B, H, W)``: most probable class (0 = no column, k = k atoms).
-    confidence : Tensor
-        float ``(B, H, W)``: its probability.
+    presence : numpy.ndarray
+        float32 ``(H, W)``: ``1 - p(0)``, the probability that a column is there.
+    depth : numpy.ndarray
+        uint8 ``(H, W)``: most probable class (0 = no column, k = k atoms).
+    confidence : numpy.ndarray
+        float32 ``(H, W)``: its probability.
     """
-    if logits.ndim != 4 or logits.shape[1] < 2:
-        raise ValueError(f"logits must be (B, K + 1, H, W) with K >= 1, got {tuple(logits.shape)}")
-    if logits.shape[1] > 256:
-        raise ValueError(f"at most 255 depth classes fit in uint8, got {logits.shape[1] - 1}")
-    z0, zk = logits[:, 0], logits[:, 1:]
-    m = zk.amax(dim=1)
-    e = zk - m[:, None]
-    s1 = e.exp_().sum(dim=1)
+    z = np.asarray(logits, dtype=np.float32)
+    if z.ndim != 3 or z.shape[0] < 2:
+        raise ValueError(f"logits must be (K + 1, H, W) with K >= 1, got {z.shape}")
+    if z.shape[0] > 256:
+        raise ValueError(f"at most 255 depth classes fit in uint8, got {z.shape[0] - 1}")
+    z0, zk = z[0], z[1:]
+    k = zk.shape[0]
+    m = zk.max(axis=0)
+    e = np.subtract(zk, m)
+    np.exp(e, out=e)
+    s1 = e.sum(axis=0)
     del e
-    presence = torch.sigmoid(m + torch.log(s1) - z0)
+    with np.errstate(over="ignore"):  # exp(+large) = inf gives presence 0 exactly
+        presence = 1.0 / (1.0 + np.exp(z0 - m - np.log(s1)))
     p0 = 1.0 - presence
-    depth = torch.zeros(z0.shape, dtype=torch.uint8, device=logits.device)
-    confidence = p0.clone()
+    depth = np.zeros(z0.shape, np.uint8)
+    confidence = p0.copy()
     # Where presence <= 1/2, p(0) >= 1/2 >= every p(k): the label is 0 (ties go to the
     # lower class) with probability p(0). Only the other pixels need the calibrated
     # depth probabilities, computed on them alone.
-    column = presence > 0.5
-    if bool(column.any()):
-        z = zk.permute(0, 2, 3, 1)[column]  # (P, K)
-        top = m[column]
-        s_t = torch.exp((z - top[:, None]) / float(temperature)).sum(dim=1)
-        best = z.argmax(dim=1)  # first maximum: ties to the lower class
-        p_best = presence[column] / s_t
-        label = torch.where(p0[column] >= p_best, 0, best + 1)
-        depth[column] = label.to(torch.uint8)
-        confidence[column] = torch.maximum(p0[column], p_best)
+    idx = np.flatnonzero(presence > 0.5)
+    if idx.size:
+        zc = zk.reshape(k, -1)[:, idx]  # (K, P)
+        s_t = np.exp((zc - m.ravel()[idx]) * np.float32(1.0 / float(temperature))).sum(axis=0)
+        best = zc.argmax(axis=0)  # first maximum: ties to the lower class
+        p_best = presence.ravel()[idx] / s_t
+        p0_col = p0.ravel()[idx]
+        depth.ravel()[idx] = np.where(p0_col >= p_best, 0, best + 1)
+        confidence.ravel()[idx] = np.maximum(p0_col, p_best)
     return presence, depth, confidence
 
 
-def calibrated_probs_numpy(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """:func:`calibrated_softmax` in NumPy (float64) over the *last* axis of ``logits``.
+def calibrated_probs_numpy(logits: np.ndarray, temperature: float, axis: int = -1,
+                           dtype: Any = np.float64) -> np.ndarray:
+    """:func:`calibrated_softmax` in NumPy over the class ``axis`` of ``logits``.
 
     For the few pixels whose class probabilities are pooled into a column (see
     :func:`atom3d.inference.columns.find_columns_from`); tested equal to the torch
-    function.
+    function. Computed in ``dtype`` (float64 by default; the predictor uses float32 with
+    the classes on axis 0, which is twice as fast).
     """
-    z = np.asarray(logits, dtype=np.float64)
-    top = z.max(axis=-1, keepdims=True)
+    z = np.moveaxis(np.asarray(logits, dtype=dtype), axis, 0)
+    top = z.max(axis=0)
     e = np.exp(z - top)
-    p0 = e[..., :1] / e.sum(axis=-1, keepdims=True)
-    zk = z[..., 1:] / float(temperature)
-    ek = np.exp(zk - zk.max(axis=-1, keepdims=True))
-    return np.concatenate([p0, (1.0 - p0) * ek / ek.sum(axis=-1, keepdims=True)], axis=-1)
+    p0 = e[0] / e.sum(axis=0)
+    zk = z[1:] * dtype(1.0 / float(temperature))
+    ek = np.exp(zk - zk.max(axis=0))
+    out = np.empty_like(z)
+    out[0] = p0
+    np.multiply(ek, (1.0 - p0) / ek.sum(axis=0), out=out[1:])
+    return np.moveaxis(out, 0, axis)
 
 
 def sha256_hex(data: bytes) -> str:
