@@ -374,6 +374,8 @@ def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--dose", type=float, default=1000.0, metavar="E_PER_A2",
                    help="electron dose per frame [e/Å²] (default 1000)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--tta", action="store_true",
+                   help="predict with test-time augmentation (see atom3d predict --tta)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -412,7 +414,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("the demo simulates its data with abTEM: install the simulation "
                         "extra (pip install 'atom3d[simulate]')") from None
-    predictor = Predictor(artifact, device=args.device)
+    predictor = Predictor(artifact, device=args.device, tta=args.tta)
 
     out = Path(args.out)
     t0 = time.perf_counter()

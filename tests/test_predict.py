@@ -208,6 +208,37 @@ def test_constant_frame_invalid_and_batching_consistent(model_dir):
     np.testing.assert_allclose(batched[0].ce_confidence, confidence, atol=1e-5)
 
 
+def test_tta_averages_the_mirror_images(model_dir):
+    """--tta: the logits are the mean of the four mirrored passes, mirrored back, so a
+    mirrored frame gives the mirrored logits; without it they are the single pass."""
+    plain = Predictor(load_artifact(model_dir))
+    tta = Predictor(load_artifact(model_dir), tta=True)
+    rng = np.random.default_rng(5)
+    m = plain.size_multiple  # no padding: a padded tile would not mirror onto itself
+    image = plain.model_grid(_lattice_frame(rng, (0.1, 0.2)), PIXEL_A)
+    image = np.ascontiguousarray(image[: image.shape[0] // m * m, : image.shape[1] // m * m])
+    z = tta.logits(image)
+    passes = []
+    for axes in ((), (1,), (0,), (0, 1)):  # image axes (r, c) are logits axes (1, 2)
+        flipped = np.flip(image, axes).copy() if axes else image
+        passes.append(np.flip(plain.logits(flipped), tuple(a + 1 for a in axes)))
+    manual = np.mean(passes, axis=0)
+    np.testing.assert_allclose(z, manual, atol=1e-4)
+    assert np.abs(z - plain.logits(image)).max() > 1e-3  # it does change the logits
+    np.testing.assert_allclose(tta.logits(image[:, ::-1].copy()), z[:, :, ::-1], atol=1e-4)
+
+
+def test_tta_is_recorded_and_guards_resume(series_tif, model_dir, tmp_path, capsys):
+    out = tmp_path / "tta.h5"
+    assert _predict(series_tif, out, model_dir, "--tta") == 0
+    assert read_results(out, load_maps=False)["attrs"]["test_time_augmentation"] == 1
+    before = out.stat().st_mtime_ns
+    assert _predict(series_tif, out, model_dir, "--tta", "--resume") == 0  # kept
+    assert out.stat().st_mtime_ns == before
+    assert _predict(series_tif, out, model_dir, "--resume") == 0  # redone without --tta
+    assert read_results(out, load_maps=False)["attrs"]["test_time_augmentation"] == 0
+
+
 def test_smoothed_confidence_stays_calibrated(reference_run):
     """Change points: where the smoothed depth is the frame's own, so is the confidence."""
     cols = read_results(reference_run, load_maps=False)["columns"]

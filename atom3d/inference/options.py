@@ -54,6 +54,10 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--overlap", type=_non_negative_int, default=64, metavar="PX",
                    help="minimum overlap of neighbouring tiles [px] on the model grid "
                         "(default 64)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the network over each frame and "
+                        "its three mirror images (4x the network time; less depth noise "
+                        "between frames, so more real depth changes are found)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.h5.partial (same input and "
                         "model); a complete OUT.h5 for the same input and model is kept")

@@ -85,6 +85,16 @@ limit_malloc_arenas()
 #: Smallest distance between two columns of one species [Å] (peak thinning).
 MIN_SEPARATION_A = {"Ce": 2.6, "O": 1.6}
 
+#: Test-time augmentation (``tta=True``): the image axes flipped in each extra pass.
+#: Training augments every image with random 90° rotations and flips
+#: (:mod:`atom3d.data.dataset`), so each mirror image is an input of the kind the network
+#: was trained on; averaging the four passes averages out part of the network's response
+#: to the shot noise. Measured on the eight 12-frame demo series (session 9, run 8 model): the
+#: frame-to-frame noise of a Ce column's expected depth fell from 0.23-0.30 to 0.20-0.27
+#: atoms, and the share of true depth steps whose two sides differ by more than 2.5
+#: noise widths rose from 63 to 71 %.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
 #: Smallest frame side [px] on the model grid that is still predicted.
 MIN_SIDE_PX = 8
 
@@ -188,6 +198,9 @@ class Predictor:
     edge_margin_A : float
         Columns whose centre is closer than this to the frame border are dropped [Å]
         (the maps are kept whole).
+    tta : bool
+        Test-time augmentation: average the logits over the frame and its three mirror
+        images (:data:`TTA_FLIPS`; four network passes per frame).
 
     Attributes
     ----------
@@ -199,8 +212,9 @@ class Predictor:
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 4,
                  tile: int = 512, overlap: int = 64, half: bool = False,
-                 edge_margin_A: float = 1.0) -> None:
+                 edge_margin_A: float = 1.0, tta: bool = False) -> None:
         self.artifact = artifact
+        self.tta = bool(tta)
         if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
             raise ValueError(f"edge_margin_A must be >= 0, got {edge_margin_A}")
         self.edge_margin_A = float(edge_margin_A)
@@ -238,11 +252,25 @@ class Predictor:
 
     def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network logits of a normalised batch: Ce ``(B, K_ce + 1, h, w)`` and O
-        ``(B, K_o + 1, h, w)``, float32 (no copies on a CPU)."""
+        ``(B, K_o + 1, h, w)``, float32 (no copies on a CPU without :attr:`tta`).
+
+        With :attr:`tta` the logits are the mean over the batch and its three mirror
+        images (left-right, up-down, both), each mirrored back (:data:`TTA_FLIPS`).
+        """
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         parameter = next(self.model.parameters())
+        x = x.to(device=parameter.device, dtype=parameter.dtype)
         with torch.no_grad():
-            logits = self.model(x.to(device=parameter.device, dtype=parameter.dtype))
+            if not self.tta:
+                logits = self.model(x)
+            else:
+                logits = None
+                for dims in TTA_FLIPS:
+                    out = self.model(torch.flip(x, dims) if dims else x)
+                    out = [torch.flip(z, dims) if dims else z for z in out]
+                    logits = out if logits is None else [a + b for a, b in zip(logits, out,
+                                                                               strict=True)]
+                logits = [z / len(TTA_FLIPS) for z in logits]
         return tuple(z.float().cpu().numpy() for z in logits)  # type: ignore[return-value]
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

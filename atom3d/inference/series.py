@@ -580,6 +580,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "source_sha256": source_hash or (source_sha256(source) if source else ""),
         "model": predictor.artifact.name,
         "model_sha256": predictor.artifact.weights_sha256,
+        "test_time_augmentation": int(predictor.tta),  # 1: four mirrored passes averaged
         "pixel_size_A": float(series.pixel_size_A),
         "frame_interval_s": float(series.frame_interval_s),
         "model_pixel_size_A": float(predictor.pixel_size_A),
@@ -663,13 +664,14 @@ def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
     return max(shape) <= predictor.tile
 
 
-def _complete_matches(out: Path, source_hash: str, model_sha: str) -> bool:
-    """Whether ``out`` is a complete results file for this input and model."""
+def _complete_matches(out: Path, source_hash: str, model_sha: str, tta: bool) -> bool:
+    """Whether ``out`` is a complete results file for this input, model and ``--tta``."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
-    return attrs.get("source_sha256") == source_hash and attrs.get("model_sha256") == model_sha
+    return (attrs.get("source_sha256") == source_hash and attrs.get("model_sha256") == model_sha
+            and int(attrs.get("test_time_augmentation", 0)) == int(tta))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -724,7 +726,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"input not found: {', '.join(missing)}")
     artifact = load_artifact(args.model)
     predictor = Predictor(artifact, device=args.device, batch_size=args.batch_size,
-                          tile=args.tile, overlap=args.overlap, half=args.half)
+                          tile=args.tile, overlap=args.overlap, half=args.half,
+                          tta=getattr(args, "tta", False))
     several = len(inputs) > 1
     failures: list[str] = []
     for src, dst in zip(inputs, outputs, strict=True):
@@ -745,7 +748,8 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
     with open_series(src, pixel_size_A=args.pixel_size) as series:
         digest = source_sha256(src)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
-                and _complete_matches(dst, digest, predictor.artifact.weights_sha256)):
+                and _complete_matches(dst, digest, predictor.artifact.weights_sha256,
+                                      predictor.tta)):
             print(f"{dst}: already complete for this input and model (kept)")
             summary = None
         else:

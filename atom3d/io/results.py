@@ -157,7 +157,8 @@ _MAP_UNITS = {"depth": "atoms", "confidence": "probability"}
 
 _REQUIRED_ATTRS = ("source", "source_sha256", "model", "model_sha256", "pixel_size_A")
 _RESERVED_ATTRS = ("format", "format_version", "created", "complete")
-_RESUME_KEYS = ("source_sha256", "model_sha256", "pixel_size_A")
+_RESUME_KEYS = ("source_sha256", "model_sha256", "pixel_size_A",
+                "test_time_augmentation")
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
@@ -628,7 +629,7 @@ class ResultsWriter:
     def _check_resume_matches(self, f: h5py.File) -> None:
         """Refuse to resume a partial file written for another input, model or shape."""
         for key in _RESUME_KEYS:
-            old, new = _plain(f.attrs.get(key)), self._attrs[key]
+            old, new = _plain(f.attrs.get(key)), self._attrs.get(key)
             if not _same(old, new):
                 raise InputFileError(
                     f"cannot resume {self.partial_path}: {key} is {old!r} there but {new!r} "
