@@ -20,7 +20,9 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
    the effective receptive field of a trained U-Net, and the cross-fade hides what
    remains; ``seam_error`` style checks live in ``tests/test_predict.py``. Frames that
    fit into one tile are batched across frames (identical results: a single tile is
-   never blended).
+   never blended). With ``tta`` (``--tta``) each batch also passes through the network
+   mirrored left-right, up-down and both, and the four logits, mirrored back, are
+   averaged (:data:`TTA_FLIPS`).
 3. **Calibrated maps and columns** per species. The calibrated class probabilities are
    ``softmax`` with the depth temperature (:func:`atom3d.models.artifact.calibrated_softmax`).
    Their per-pixel presence ``1 - p0``, most probable class and its probability come

@@ -6,7 +6,9 @@ Streaming
     Frames are read, predicted and written one at a time (small frames in batches of
     ``--batch-size``), so memory does not grow with the number of frames; the
     post-processing after the loop reads and writes the file one frame at a time too
-    (see :func:`postprocess`). The results file is
+    (see :func:`postprocess`). When the network runs on a GPU, each batch's maps,
+    columns and writing run in a worker thread while the network works on the next
+    batch (on a CPU they share the cores, so they alternate). The results file is
     written by :class:`~atom3d.io.results.ResultsWriter`: into ``OUT.h5.partial`` until the
     last step, which renames it, so a file at ``OUT.h5`` is always complete. ``--resume``
     continues an interrupted run from the frames already committed; everything after the
@@ -727,7 +729,7 @@ def run_predict(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.model)
     predictor = Predictor(artifact, device=args.device, batch_size=args.batch_size,
                           tile=args.tile, overlap=args.overlap, half=args.half,
-                          tta=getattr(args, "tta", False))
+                          tta=args.tta)
     several = len(inputs) > 1
     failures: list[str] = []
     for src, dst in zip(inputs, outputs, strict=True):
