@@ -383,6 +383,10 @@ def test_direct_chunks_are_what_hdf5_filters_write(tmp_path):
                                   compression_opts=1, shuffle=True)
             _, stored = ds.id.read_direct_chunk((0, 0, 0))
             assert zlib.decompress(stored) == zlib.decompress(deflate_chunk(v[0], 1))
+            zeros = np.zeros((256, 256), v.dtype)  # level 0: zlib's stored stream (no deflate)
+            stored_0 = deflate_chunk(zeros, 0)
+            assert zlib.decompress(stored_0) == zeros.tobytes()
+            assert len(stored_0) > zeros.nbytes
     path = tmp_path / "out.h5"
     write_run(path, range(3), 3)
     for i in range(3):

@@ -398,14 +398,15 @@ def deflate_chunk(values: np.ndarray, level: int) -> bytes:
     """One chunk as HDF5's shuffle + deflate filters store it (for ``write_direct_chunk``).
 
     The shuffle filter writes byte ``j`` of every element before byte ``j + 1`` of any
-    (a no-op for 1-byte types); deflate is a zlib stream of that. Levels 0-3 use
+    (a no-op for 1-byte types); deflate is a zlib stream of that. Levels 1-3 use
     ISA-L (``isal``, when installed: a standard zlib stream that any zlib inflates,
-    about as small as zlib's level 1 and five times faster to make), others ``zlib``.
+    about as small as zlib's level 1 and five times faster to make), others ``zlib``
+    (level 0 stays zlib's stored, uncompressed stream: ISA-L's level 0 compresses).
     """
     values = np.ascontiguousarray(values)
     size = values.dtype.itemsize
     raw = values.view(np.uint8).reshape(-1, size).T.tobytes() if size > 1 else values.tobytes()
-    if _isal_zlib is not None and 0 <= level <= 3:
+    if _isal_zlib is not None and 1 <= level <= 3:
         return bytes(_isal_zlib.compress(raw, level))
     return zlib.compress(raw, level)
 
