@@ -35,3 +35,29 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (counts, seeds)."""
     return _integer(text, 0, "an integer >= 0")
+
+
+def tta_passes(text: str) -> int:
+    """Network passes of test-time augmentation: 1 (off), 4 (mirrors) or 8 (mirrors and
+    transposes)."""
+    value = _integer(text, 1, "1, 4 or 8")
+    if value not in (1, 4, 8):
+        raise argparse.ArgumentTypeError(f"expected 1, 4 or 8 passes, got {value}")
+    return value
+
+
+def add_tta_arguments(p: argparse.ArgumentParser, default: int = 1) -> None:
+    """``--tta`` (8 passes), ``--no-tta`` (1) and ``--tta-passes N``, all into ``args.tta``."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tta", dest="tta", action="store_const", const=8,
+                       help="test-time augmentation: average the network over the 8 "
+                            "orientations of each frame (the frame, its mirror images and "
+                            "their transposes); 8x the network time, more exact depths and "
+                            "less depth noise between frames, so more real changes are found"
+                            + (" (default)" if default == 8 else ""))
+    group.add_argument("--no-tta", dest="tta", action="store_const", const=1,
+                       help="one network pass per frame" + (" (default)" if default == 1 else ""))
+    group.add_argument("--tta-passes", dest="tta", type=tta_passes, metavar="N",
+                       help="test-time augmentation with N = 1, 4 (the frame and its three "
+                            "mirror images) or 8 passes")
+    p.set_defaults(tta=default)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from atom3d import __version__
+from atom3d.argtypes import add_tta_arguments
 from atom3d.argtypes import non_negative_int as _seed
 from atom3d.argtypes import positive_int as _positive_int
 from atom3d.errors import UserError
@@ -194,6 +195,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass")
     p.add_argument("--noise-seed", type=_seed, default=12345, help="seed of the shot noise")
+    add_tta_arguments(p)
     p.add_argument("--baseline-cache", type=Path, default=None,
                    help="directory of cached baseline columns per image (default "
                         "$ATOM3D_CACHE_DIR/baseline or ~/.cache/atom3d/baseline); entries are "
@@ -219,7 +221,8 @@ def _cmd_evaluate(args) -> int:
                         denoise=den, baseline_denoise=bden, device=args.device,
                         batch_size=args.batch_size, limit=args.limit,
                         noise_seed=args.noise_seed, progress=not args.quiet,
-                        baseline_cache=False if args.no_baseline_cache else args.baseline_cache)
+                        baseline_cache=False if args.no_baseline_cache else args.baseline_cache,
+                        tta=args.tta)
     from atom3d.evaluation.evaluate import dose_table
 
     print(_evaluation_table(doc))

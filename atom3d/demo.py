@@ -358,6 +358,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
 
 def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``atom3d demo`` arguments to ``p`` (a parser or sub-parser)."""
+    from atom3d.argtypes import add_tta_arguments
     from atom3d.models import DEFAULT_MODEL
 
     p.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
@@ -374,8 +375,7 @@ def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--dose", type=float, default=1000.0, metavar="E_PER_A2",
                    help="electron dose per frame [e/Å²] (default 1000)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--tta", action="store_true",
-                   help="predict with test-time augmentation (see atom3d predict --tta)")
+    add_tta_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -228,15 +228,53 @@ def test_tta_averages_the_mirror_images(model_dir):
     np.testing.assert_allclose(tta.logits(image[:, ::-1].copy()), z[:, :, ::-1], atol=1e-4)
 
 
+def test_tta8_averages_the_square_symmetries(model_dir):
+    """8 passes: the mean over the frame's 8 orientations (mirrors of the frame and of its
+    transpose), each brought back; so a transposed or mirrored square frame gives the
+    transposed or mirrored logits."""
+    plain = Predictor(load_artifact(model_dir))
+    tta = Predictor(load_artifact(model_dir), tta=8)
+    assert (tta.tta, tta.tta_passes, Predictor(load_artifact(model_dir), tta=True).tta_passes,
+            plain.tta_passes) == (True, 8, 4, 1)
+    rng = np.random.default_rng(6)
+    m = plain.size_multiple
+    image = plain.model_grid(_lattice_frame(rng, (0.1, 0.2)), PIXEL_A)
+    side = min(image.shape) // m * m
+    image = np.ascontiguousarray(image[:side, :side])
+    z = tta.logits(image)
+    passes = []
+    for transposed in (image, image.T.copy()):
+        for axes in ((), (1,), (0,), (0, 1)):
+            flipped = np.flip(transposed, axes).copy() if axes else transposed
+            out = np.flip(plain.logits(flipped), tuple(a + 1 for a in axes))
+            passes.append(np.swapaxes(out, 1, 2) if transposed is not image else out)
+    np.testing.assert_allclose(z, np.mean(passes, axis=0), atol=1e-4)
+    np.testing.assert_allclose(tta.logits(image.T.copy()), np.swapaxes(z, 1, 2), atol=1e-4)
+    np.testing.assert_allclose(tta.logits(image[::-1].copy()), z[:, ::-1], atol=1e-4)
+    assert np.abs(tta.logits(image.T.copy()) - np.swapaxes(Predictor(
+        load_artifact(model_dir), tta=4).logits(image), 1, 2)).max() > 1e-3  # 4 passes are not
+    with pytest.raises(UserError, match="4 or 8"):
+        Predictor(load_artifact(model_dir), tta=3)
+
+
 def test_tta_is_recorded_and_guards_resume(series_tif, model_dir, tmp_path, capsys):
     out = tmp_path / "tta.h5"
     assert _predict(series_tif, out, model_dir, "--tta") == 0
-    assert read_results(out, load_maps=False)["attrs"]["test_time_augmentation"] == 1
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert (attrs["test_time_augmentation"], attrs["tta_passes"]) == (1, 8)
     before = out.stat().st_mtime_ns
     assert _predict(series_tif, out, model_dir, "--tta", "--resume") == 0  # kept
     assert out.stat().st_mtime_ns == before
-    assert _predict(series_tif, out, model_dir, "--resume") == 0  # redone without --tta
-    assert read_results(out, load_maps=False)["attrs"]["test_time_augmentation"] == 0
+    assert _predict(series_tif, out, model_dir, "--tta-passes", "4", "--resume") == 0  # redone
+    assert read_results(out, load_maps=False)["attrs"]["tta_passes"] == 4
+    assert _predict(series_tif, out, model_dir, "--no-tta", "--resume") == 0  # redone
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert (attrs["test_time_augmentation"], attrs["tta_passes"]) == (0, 1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage line + one error line
+        _predict(series_tif, tmp_path / "bad.h5", model_dir, "--tta-passes", "3")
+    assert exit_info.value.code == 2
+    assert "1, 4 or 8" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_smoothed_confidence_stays_calibrated(reference_run):

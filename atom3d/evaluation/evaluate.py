@@ -68,13 +68,14 @@ def prefilter(counts: np.ndarray, method: str, pixel_size_A: float, dose: float)
 
 
 def network_method(model: str, device: str = "cpu", batch_size: int = 8,
-                   denoise: str = "none") -> tuple[Callable, dict]:
-    """A callable ``(counts, params) -> {species: table}`` running the model like predict."""
+                   denoise: str = "none", tta: bool | int = False) -> tuple[Callable, dict]:
+    """A callable ``(counts, params) -> {species: table}`` running the model like predict
+    (``tta``: passes of test-time augmentation, as ``atom3d predict --tta``)."""
     from atom3d.inference.predictor import Predictor
     from atom3d.models.artifact import load_artifact
 
     artifact = load_artifact(model, device=device)
-    pred = Predictor(artifact, device=device, batch_size=batch_size)
+    pred = Predictor(artifact, device=device, batch_size=batch_size, tta=tta)
 
     def run(counts, params):
         frame = prefilter(counts, denoise, params["pixel_size_A"], params["dose_e_per_A2"])
@@ -84,7 +85,8 @@ def network_method(model: str, device: str = "cpu", batch_size: int = 8,
                 for sp in SPECIES}
 
     info = {"model": str(model), "model_sha256": artifact.config.get("weights_sha256"),
-            "temperature": artifact.config.get("temperature"), "denoise": denoise}
+            "temperature": artifact.config.get("temperature"), "denoise": denoise,
+            "tta_passes": pred.tta_passes}
     return run, info
 
 
@@ -275,7 +277,8 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
                   baseline: bool = False, denoise: tuple[str, ...] = ("none",),
                   baseline_denoise: tuple[str, ...] = ("gaussian",), device: str = "cpu",
                   batch_size: int = 8, limit: int | None = None, noise_seed: int = 12345,
-                  progress: bool = True, baseline_cache: str | Path | None | bool = None) -> dict:
+                  progress: bool = True, baseline_cache: str | Path | None | bool = None,
+                  tta: bool | int = False) -> dict:
     """Evaluate and write ``out_dir/metrics.json`` and the plots; returns the summary."""
     from atom3d.evaluation.report import write_plots
 
@@ -286,7 +289,7 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
     info: dict[str, dict] = {}
     for d in denoise:
         name = "network" if d == "none" else f"network+{d}"
-        methods[name], info[name] = network_method(model, device, batch_size, d)
+        methods[name], info[name] = network_method(model, device, batch_size, d, tta)
     if baseline:
         for d in baseline_denoise:
             name = "baseline" if d == "gaussian" else f"baseline+{d}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from atom3d.argtypes import add_tta_arguments
 from atom3d.argtypes import non_negative_int as _non_negative_int
 from atom3d.argtypes import positive_float as _positive_float
 from atom3d.argtypes import positive_int as _positive_int
@@ -54,10 +55,7 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--overlap", type=_non_negative_int, default=64, metavar="PX",
                    help="minimum overlap of neighbouring tiles [px] on the model grid "
                         "(default 64)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the network over each frame and "
-                        "its three mirror images (4x the network time; less depth noise "
-                        "between frames, so more real depth changes are found)")
+    add_tta_arguments(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.h5.partial (same input and "
                         "model); a complete OUT.h5 for the same input and model is kept")

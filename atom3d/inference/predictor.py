@@ -87,15 +87,34 @@ limit_malloc_arenas()
 #: Smallest distance between two columns of one species [Å] (peak thinning).
 MIN_SEPARATION_A = {"Ce": 2.6, "O": 1.6}
 
-#: Test-time augmentation (``tta=True``): the image axes flipped in each extra pass.
-#: Training augments every image with random 90° rotations and flips
-#: (:mod:`atom3d.data.dataset`), so each mirror image is an input of the kind the network
-#: was trained on; averaging the four passes averages out part of the network's response
-#: to the shot noise. Measured on the eight 12-frame demo series (session 9, run 8 model): the
-#: frame-to-frame noise of a Ce column's expected depth fell from 0.23-0.30 to 0.20-0.27
-#: atoms, and the share of true depth steps whose two sides differ by more than 2.5
-#: noise widths rose from 63 to 71 %.
+#: Test-time augmentation: the network passes of ``tta=4`` (``--tta 4``; ``tta=True``
+#: too) are the frame and its three mirror images (image axes flipped), those of
+#: ``tta=8`` (``--tta``, ``--tta 8``) the eight images of the square's symmetry group
+#: (the four mirrors and the four mirrors of the transposed frame). Training augments
+#: every image with random 90° rotations and flips (:mod:`atom3d.data.dataset`), so
+#: each is an input of the kind the network was trained on; the logits, brought back to
+#: the frame's orientation, are averaged, which averages out part of the network's
+#: response to the shot noise. Measured on the eight 12-frame demo series (session 9,
+#: run 8 model, 4 passes): the frame-to-frame noise of a Ce column's expected depth fell
+#: from 0.23-0.30 to 0.20-0.27 atoms, and the share of true depth steps whose two sides
+#: differ by more than 2.5 noise widths rose from 63 to 71 %.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: ``(transpose, flipped axes)`` of each pass, in order; ``tta=N`` runs the first N.
+TTA_TRANSFORMS: tuple[tuple[bool, tuple[int, ...]], ...] = (
+    tuple((False, dims) for dims in TTA_FLIPS) + tuple((True, dims) for dims in TTA_FLIPS))
+#: Allowed numbers of passes.
+TTA_PASSES = (1, 4, 8)
+
+
+def tta_passes(tta: bool | int) -> int:
+    """Network passes per frame for a ``tta`` setting: False/0/1 → 1, True/4 → 4, 8 → 8."""
+    if isinstance(tta, bool | np.bool_):
+        return 4 if tta else 1
+    n = int(tta)
+    n = 1 if n == 0 else n
+    if n not in TTA_PASSES:
+        raise UserError(f"--tta takes 4 or 8 passes, got {tta}")
+    return n
 
 #: Smallest frame side [px] on the model grid that is still predicted.
 MIN_SIDE_PX = 8
@@ -214,9 +233,10 @@ class Predictor:
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 4,
                  tile: int = 512, overlap: int = 64, half: bool = False,
-                 edge_margin_A: float = 1.0, tta: bool = False) -> None:
+                 edge_margin_A: float = 1.0, tta: bool | int = False) -> None:
         self.artifact = artifact
-        self.tta = bool(tta)
+        self.tta_passes = tta_passes(tta)
+        self.tta = self.tta_passes > 1
         if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
             raise ValueError(f"edge_margin_A must be >= 0, got {edge_margin_A}")
         self.edge_margin_A = float(edge_margin_A)
@@ -267,12 +287,14 @@ class Predictor:
                 logits = self.model(x)
             else:
                 logits = None
-                for dims in TTA_FLIPS:
-                    out = self.model(torch.flip(x, dims) if dims else x)
+                for transpose, dims in TTA_TRANSFORMS[:self.tta_passes]:
+                    xt = x.transpose(-2, -1) if transpose else x
+                    out = self.model(torch.flip(xt, dims) if dims else xt)
                     out = [torch.flip(z, dims) if dims else z for z in out]
+                    out = [z.transpose(-2, -1) for z in out] if transpose else out
                     logits = out if logits is None else [a + b for a, b in zip(logits, out,
                                                                                strict=True)]
-                logits = [z / len(TTA_FLIPS) for z in logits]
+                logits = [z / self.tta_passes for z in logits]
         return tuple(z.float().cpu().numpy() for z in logits)  # type: ignore[return-value]
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

@@ -582,7 +582,8 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "source_sha256": source_hash or (source_sha256(source) if source else ""),
         "model": predictor.artifact.name,
         "model_sha256": predictor.artifact.weights_sha256,
-        "test_time_augmentation": int(predictor.tta),  # 1: four mirrored passes averaged
+        "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
+        "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
         "pixel_size_A": float(series.pixel_size_A),
         "frame_interval_s": float(series.frame_interval_s),
         "model_pixel_size_A": float(predictor.pixel_size_A),
@@ -666,14 +667,14 @@ def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
     return max(shape) <= predictor.tile
 
 
-def _complete_matches(out: Path, source_hash: str, model_sha: str, tta: bool) -> bool:
+def _complete_matches(out: Path, source_hash: str, model_sha: str, passes: int) -> bool:
     """Whether ``out`` is a complete results file for this input, model and ``--tta``."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
     return (attrs.get("source_sha256") == source_hash and attrs.get("model_sha256") == model_sha
-            and int(attrs.get("test_time_augmentation", 0)) == int(tta))
+            and int(attrs.get("tta_passes", -1)) == int(passes))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -751,7 +752,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
         digest = source_sha256(src)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
                 and _complete_matches(dst, digest, predictor.artifact.weights_sha256,
-                                      predictor.tta)):
+                                      predictor.tta_passes)):
             print(f"{dst}: already complete for this input and model (kept)")
             summary = None
         else:
