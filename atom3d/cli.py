@@ -195,7 +195,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass")
     p.add_argument("--noise-seed", type=_seed, default=12345, help="seed of the shot noise")
-    add_tta_arguments(p)
+    add_tta_arguments(p, default=8)
     p.add_argument("--baseline-cache", type=Path, default=None,
                    help="directory of cached baseline columns per image (default "
                         "$ATOM3D_CACHE_DIR/baseline or ~/.cache/atom3d/baseline); entries are "

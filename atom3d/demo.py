@@ -375,7 +375,7 @@ def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--dose", type=float, default=1000.0, metavar="E_PER_A2",
                    help="electron dose per frame [e/Å²] (default 1000)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    add_tta_arguments(p)
+    add_tta_arguments(p, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

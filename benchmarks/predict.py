@@ -25,6 +25,10 @@ temporary directory, then measures
     smoothing). Neither must grow with the series length: the frame loop streams, and
     post-processing reads and writes the results file one frame at a time.
 
+``--tta-passes N`` (default 1, i.e. ``atom3d predict --no-tta``) runs N network passes
+per frame in both measurements (``atom3d predict`` defaults to 8, ``--tta``): the
+overhead outside the network is the same work, so its share shrinks N-fold.
+
 The model is ``--model`` (default: the packaged ``ceo2-110``); when the default is absent a
 random-weight UNet of the default architecture (base_width 32, depth 4, 20 depth classes
 per species, 0.2 Å/px) is used and the JSON says ``"model": "random-init"``. The memory runs
@@ -192,7 +196,7 @@ def child(args: argparse.Namespace) -> int:
     series_module.postprocess = measured_postprocess
     t0 = time.perf_counter()
     predictor = Predictor(load_artifact(args.model), device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, tta=args.tta_passes)
     network = {"seconds": 0.0}
     forward = predictor._network
 
@@ -235,8 +239,9 @@ def run_child(script: Path, common: list[str], n: int, out: Path) -> dict:
 
 
 def forward_fps(model_arg: str, size: int, pixel_A: float, batch_size: int, device: str,
-                n_frames: int) -> tuple[float, int]:
-    """Frames per second of the bare network on the tiles one frame needs; tiles per frame."""
+                n_frames: int, passes: int = 1) -> tuple[float, int]:
+    """Frames per second of the bare network on the tiles one frame needs (``passes``
+    forward passes per batch); tiles per frame."""
     import torch
 
     from atom3d.data.transforms import resampled_shape
@@ -266,7 +271,8 @@ def forward_fps(model_arg: str, size: int, pixel_A: float, batch_size: int, devi
         model(x[:1])  # warm-up
         t0 = time.perf_counter()
         for b in batches:
-            model(x[:b])
+            for _ in range(passes):
+                model(x[:b])
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -285,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixel", type=float, default=0.2, help="pixel size [Å/px] (0.2)")
     p.add_argument("--batch-size", type=int, default=4, help="as atom3d predict --batch-size (4)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tta-passes", type=int, choices=(1, 4, 8), default=1,
+                   help="network passes per frame, as atom3d predict --tta-passes (1)")
     p.add_argument("--forward-frames", type=int, default=None,
                    help="frames' worth of tiles timed for the bare network (default "
                         "min(--frames, 20))")
@@ -316,16 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         t_data = time.perf_counter() - t0
         script = Path(__file__).resolve()
         common = ["--series", str(series), "--pixel", str(args.pixel), "--model", model_arg,
-                  "--batch-size", str(args.batch_size), "--device", args.device]
+                  "--batch-size", str(args.batch_size), "--device", args.device,
+                  "--tta-passes", str(args.tta_passes)]
         n_fwd = args.forward_frames or min(args.frames, 20)
         # the bare network is timed before and after the end-to-end run and averaged,
         # so that a drift of a shared machine's speed does not bias the overhead
         before, n_tiles = forward_fps(model_arg, args.size, args.pixel, args.batch_size,
-                                      args.device, n_fwd)
+                                      args.device, n_fwd, args.tta_passes)
         e2e = run_child(script, common, args.frames, work / "throughput.h5")
         fps = e2e["frames"] / e2e["seconds"]
         after, _ = forward_fps(model_arg, args.size, args.pixel, args.batch_size,
-                               args.device, n_fwd)
+                               args.device, n_fwd, args.tta_passes)
         fwd = 2.0 / (1.0 / before + 1.0 / after)  # mean time per frame
         rss_model, rss_label = model_arg, label
         if args.rss_model == "tiny":
@@ -345,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_format": args.format,
         "batch_size": args.batch_size,
         "device": args.device,
+        "tta_passes": args.tta_passes,
         "torch_threads": torch.get_num_threads(),
         "tiles_per_frame": n_tiles,
         "frames_per_second": round(fps, 4),

@@ -664,8 +664,9 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
             d_list, c_list = smooth_track_depths(ids, probs, switch_prob=series_mod.SWITCH_PROB,
                                                  max_step=series_mod.MAX_STEP, first_depth=1)
         else:
-            d_list, c_list = changepoint_track_depths(ids, probs,
-                                                      series_mod.CHANGEPOINT_PENALTY)
+            d_list, c_list = changepoint_track_depths(
+                ids, probs, series_mod.CHANGEPOINT_PENALTY,
+                min_step=series_mod.CHANGEPOINT_MIN_STEP)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d

@@ -18,6 +18,7 @@ from atom3d.inference.tracking import (
     level_noise,
     link_tracks,
     segment_starts,
+    segment_track,
     smooth_depths,
     smooth_track_depths,
 )
@@ -259,6 +260,21 @@ def test_segment_starts_finds_steps_not_noise():
         quiet += segment_starts(flat, 2.0 * 0.1 ** 2 * np.log(200)) == []
     assert exact >= 16 and quiet >= 18  # the Schwarz threshold: rare false splits
     assert segment_starts(np.zeros(1), 0.0) == [] and segment_starts(np.zeros(0), 0.0) == []
+
+
+def test_segment_starts_min_step_keeps_only_large_steps():
+    """min_step: a step the noise cannot explain but smaller than min_step is no change;
+    a larger one in the same sequence still is, at the same place."""
+    rng = np.random.default_rng(3)
+    levels = np.r_[np.full(10, 6.0), np.full(10, 5.8), np.full(10, 5.2)]
+    values = levels + rng.normal(0, 0.01, 30)
+    threshold = 2.4 * 0.02 ** 2 * np.log(30)  # a conservative noise estimate
+    assert segment_starts(values, threshold) == [10, 20]  # both significant
+    assert segment_starts(values, threshold, min_step=0.4) == [20]
+    assert segment_starts(values, threshold, min_step=0.7) == []
+    depths = segment_track(values, np.r_[np.full(20, 6), np.full(10, 5)], threshold, 1, 9,
+                           min_step=0.4)
+    assert depths.tolist() == [6] * 20 + [5] * 10
 
 
 def test_level_noise_is_robust_to_steps():

@@ -55,7 +55,7 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--overlap", type=_non_negative_int, default=64, metavar="PX",
                    help="minimum overlap of neighbouring tiles [px] on the model grid "
                         "(default 64)")
-    add_tta_arguments(p)
+    add_tta_arguments(p, default=8)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.h5.partial (same input and "
                         "model); a complete OUT.h5 for the same input and model is kept")

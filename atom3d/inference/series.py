@@ -132,9 +132,22 @@ SMOOTHING_METHODS = ("changepoint", "hmm", "none")
 #: 4.4 / 3.8 %, 74 of 129). Kept for run 8 (session 8; by the same rule 2.2 reaches 4.2 %
 #: on one series): seeds 0-7 flicker 1.5-3.5 %, 163 of 259 changes.
 CHANGEPOINT_PENALTY = 2.4
+#: Smallest change of a track's level that counts as a change point [atoms of E[k]]
+#: (session 10, run 8): a leaving atom moves E[k] by 0.5-0.6 on average, while at high
+#: dose (small σ) steps of a few tenths pass the penalty without being real. On the demo
+#: series (seeds 0-3 and 4-7 at 1000 e/Å², 0-3 at 300 and 3000) with 8 network passes
+#: (``--tta``, the default) and penalty 2.4 (by session 7's rule: 2.4 keeps seeds 0-3 at
+#: 1.0 / 1.2 / 2.0 / 3.8 % flicker), 0.4 gives 58/130, 182/259 and 105/129 true changes
+#: at flicker <= 3.8, 4.4 and 5.5 %, against 58, 188 and 109 at <= 3.8, 5.4 and 7.6 %
+#: without it; with one pass it leaves the changes at 1000 e/Å² as they were (163/259)
+#: and lowers the flicker at 3000 e/Å² from <= 6.1 to <= 4.9 %.
+CHANGEPOINT_MIN_STEP = 0.4
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
+#: Series of at least this many frames predicted with test-time augmentation on a CPU
+#: get a note that ``--no-tta`` is faster.
+LONG_SERIES_FRAMES = 100
 #: HMM smoothing: probability per frame that a column's depth changes; largest step.
 SWITCH_PROB = 0.45
 MAX_STEP = 1
@@ -347,8 +360,9 @@ def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> n
 
 def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: float,
                 smoothing: str = "changepoint",
-                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None
-                ) -> dict[str, Any]:
+                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None,
+                penalty: float = CHANGEPOINT_PENALTY,
+                min_step: float = CHANGEPOINT_MIN_STEP) -> dict[str, Any]:
     """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
 
     Everything is computed from the rows stored in the (partial) results file, so that a
@@ -369,7 +383,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     to the scratch file, a second pass packs them track by track in memory (5 bytes per
     detection, plus 1 for the result: 20 MB for 1000 frames of 3400 columns), and the result
     equals :func:`~atom3d.inference.tracking.changepoint_track_depths` on the whole
-    series (tested). Its confidence is the frame's calibrated ``confidence_frame`` where
+    series (tested; threshold ``penalty · σ² · ln L``, steps of at least ``min_step``).
+    Its confidence is the frame's calibrated ``confidence_frame`` where
     the smoothed depth is the frame's own most probable one, else the frame's probability
     of the smoothed depth through ``map_confidence(species, p)`` (the model's confidence
     map; identity if None). ``"none"`` keeps the frame-by-frame depths.
@@ -460,8 +475,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                     pos = packer.positions(rec["id"])
                     levels[pos], frame_depths[pos] = rec["level"], rec["frame_depth"]
                 changepoint[species] = segment_packed(
-                    levels, frame_depths, packer, 1, classes[species], CHANGEPOINT_PENALTY,
-                    default_noise=DEFAULT_LEVEL_NOISE)
+                    levels, frame_depths, packer, 1, classes[species], penalty,
+                    default_noise=DEFAULT_LEVEL_NOISE, min_step=min_step)
                 del levels, frame_depths
                 packer.rewind()
 
@@ -591,6 +606,8 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "tile_overlap_px": int(predictor.overlap),
         "tile_margin_px": int(predictor.margin),
         "depth_smoothing": smoothing if series.n_frames > 1 else "none",
+        "changepoint_penalty": CHANGEPOINT_PENALTY,
+        "changepoint_min_step": CHANGEPOINT_MIN_STEP,
     }
     k_max = max(predictor.classes.values())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -757,6 +774,11 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
             summary = None
         else:
             _warn_pixel_size(series.pixel_size_A, predictor.pixel_size_A)
+            if (predictor.tta and predictor.device.type == "cpu"
+                    and series.n_frames >= LONG_SERIES_FRAMES and not args.quiet):
+                print(f"atom3d: note: {predictor.tta_passes} network passes per frame (--tta, "
+                      f"the default); --no-tta is {predictor.tta_passes}x faster for long "
+                      "series on a CPU", file=sys.stderr)
             summary = predict_series(series, dst, predictor, resume=args.resume,
                                      smoothing="none" if args.no_smooth else args.smoothing,
                                      progress=not args.quiet,

@@ -540,12 +540,13 @@ MIN_NOISE_SAMPLES = 20
 MIN_LEVEL_NOISE = 0.05
 
 
-def segment_starts(values: np.ndarray, threshold: float) -> list[int]:
+def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) -> list[int]:
     """Change points of a piecewise-constant fit of ``values`` (binary segmentation).
 
     The segment ``values[lo:hi]`` is split where the drop of the sum of squared
     deviations from the segment means is largest, if that drop exceeds ``threshold``
-    (same units as ``values²``); both halves are then split in turn.
+    (same units as ``values²``); both halves are then split in turn. Only splits whose
+    two sides' means differ by at least ``min_step`` (units of ``values``) are candidates.
 
     Returns
     -------
@@ -563,6 +564,8 @@ def segment_starts(values: np.ndarray, threshold: float) -> list[int]:
         left = np.cumsum(x[lo:hi] - x[lo:hi].mean())[:-1]
         k = np.arange(1, n, dtype=np.float64)
         gain = left ** 2 * n / (k * (n - k))  # SSE(one mean) - SSE(two means)
+        if min_step > 0:  # |mean(right) - mean(left)| = |left| · n / (k (n - k))
+            gain[np.abs(left) * n / (k * (n - k)) < min_step] = -np.inf
         j = int(np.argmax(gain))
         if gain[j] > threshold:
             out.append(lo + j + 1)
@@ -661,11 +664,11 @@ def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
 
 
 def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float,
-                  lowest: int, highest: int) -> np.ndarray:
+                  lowest: int, highest: int, min_step: float = 0.0) -> np.ndarray:
     """Depths of one track from its levels (see :func:`changepoint_depths`)."""
     e = np.asarray(levels, np.float64)
     d0 = np.asarray(frame_depths, np.float64)
-    bounds = [0, *segment_starts(e, threshold), len(e)]
+    bounds = [0, *segment_starts(e, threshold, min_step), len(e)]
     out = np.empty(len(e), np.int64)
     prev_d = prev_m = None
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -681,14 +684,16 @@ def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float
 
 def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPacker,
                    lowest: int, highest: int, penalty: float = 2.0,
-                   noise: float | None = None, default_noise: float = 0.25) -> np.ndarray:
+                   noise: float | None = None, default_noise: float = 0.25,
+                   min_step: float = 0.0) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed."""
     sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
     out = np.empty(len(levels), np.uint8)
     for a, b in packer.tracks():
         threshold = penalty * sigma ** 2 * np.log(max(b - a, 2))
-        out[a:b] = segment_track(levels[a:b], frame_depths[a:b], threshold, lowest, highest)
+        out[a:b] = segment_track(levels[a:b], frame_depths[a:b], threshold, lowest, highest,
+                                 min_step)
     return out
 
 
@@ -717,6 +722,7 @@ def changepoint_depths(
     penalty: float = 2.0,
     noise: float | None = None,
     default_noise: float = 0.25,
+    min_step: float = 0.0,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -727,7 +733,8 @@ def changepoint_depths(
     segments of constant level by :func:`segment_starts`, with the Schwarz (BIC)
     threshold ``penalty · σ² · ln L`` (L = detections of the track, σ =
     :func:`packed_level_noise` of the series unless ``noise`` is given); ``penalty = 2``
-    is the Schwarz criterion. A segment's depth is the median of its frame-by-frame
+    is the Schwarz criterion; a split must also move the level by at least ``min_step``
+    [atoms]. A segment's depth is the median of its frame-by-frame
     depths (halves rounded up); where two consecutive segments would get depths that do
     not step the way their levels step, the later one is set one atom from the earlier
     in the direction of the step (within ``lowest .. highest``): a significant change of
@@ -754,7 +761,8 @@ def changepoint_depths(
     if not len(track_ids) == len(levels) == len(frame_depths):
         raise ValueError("track_ids, levels and frame_depths must have one entry per frame")
     packer, (e, d0) = _pack(track_ids, [levels, frame_depths], [np.float32, np.uint8])
-    packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise)
+    packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise,
+                            min_step)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -771,6 +779,7 @@ def changepoint_track_depths(
     penalty: float = 2.0,
     first_depth: int = 1,
     noise: float | None = None,
+    min_step: float = 0.0,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -786,7 +795,8 @@ def changepoint_track_depths(
     levels = [(p @ states).astype(np.float32) for p in probs]
     frame_depths = [np.argmax(p, axis=1) + first_depth for p in probs]
     depths = changepoint_depths(track_ids, levels, frame_depths, first_depth,
-                                first_depth + n_states - 1, penalty, noise)
+                                first_depth + n_states - 1, penalty, noise,
+                                min_step=min_step)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences
