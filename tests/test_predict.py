@@ -253,7 +253,7 @@ def test_tta8_averages_the_square_symmetries(model_dir):
     np.testing.assert_allclose(tta.logits(image[::-1].copy()), z[:, ::-1], atol=1e-4)
     assert np.abs(tta.logits(image.T.copy()) - np.swapaxes(Predictor(
         load_artifact(model_dir), tta=4).logits(image), 1, 2)).max() > 1e-3  # 4 passes are not
-    with pytest.raises(UserError, match="4 or 8"):
+    with pytest.raises(UserError, match="1, 4 or 8"):
         Predictor(load_artifact(model_dir), tta=3)
 
 

@@ -87,9 +87,9 @@ limit_malloc_arenas()
 #: Smallest distance between two columns of one species [Å] (peak thinning).
 MIN_SEPARATION_A = {"Ce": 2.6, "O": 1.6}
 
-#: Test-time augmentation: the network passes of ``tta=4`` (``--tta 4``; ``tta=True``
-#: too) are the frame and its three mirror images (image axes flipped), those of
-#: ``tta=8`` (``--tta``, ``--tta 8``) the eight images of the square's symmetry group
+#: Test-time augmentation: the network passes of ``tta=4`` (``--tta-passes 4``;
+#: ``tta=True`` too) are the frame and its three mirror images (image axes flipped), those
+#: of ``tta=8`` (``--tta``, the CLI default) the eight images of the square's symmetry group
 #: (the four mirrors and the four mirrors of the transposed frame). Training augments
 #: every image with random 90° rotations and flips (:mod:`atom3d.data.dataset`), so
 #: each is an input of the kind the network was trained on; the logits, brought back to
@@ -113,7 +113,7 @@ def tta_passes(tta: bool | int) -> int:
     n = int(tta)
     n = 1 if n == 0 else n
     if n not in TTA_PASSES:
-        raise UserError(f"--tta takes 4 or 8 passes, got {tta}")
+        raise UserError(f"test-time augmentation takes 1, 4 or 8 passes, got {tta}")
     return n
 
 #: Smallest frame side [px] on the model grid that is still predicted.
@@ -219,9 +219,11 @@ class Predictor:
     edge_margin_A : float
         Columns whose centre is closer than this to the frame border are dropped [Å]
         (the maps are kept whole).
-    tta : bool
-        Test-time augmentation: average the logits over the frame and its three mirror
-        images (:data:`TTA_FLIPS`; four network passes per frame).
+    tta : bool or int
+        Test-time augmentation: the number of network passes per frame whose logits are
+        averaged (:data:`TTA_TRANSFORMS`): 1 (or False) none, 4 (or True) the frame and its
+        three mirror images, 8 also the four of its transpose (``atom3d predict``'s
+        default). :attr:`tta_passes` holds the number, :attr:`tta` whether it is > 1.
 
     Attributes
     ----------
@@ -276,8 +278,9 @@ class Predictor:
         """Network logits of a normalised batch: Ce ``(B, K_ce + 1, h, w)`` and O
         ``(B, K_o + 1, h, w)``, float32 (no copies on a CPU without :attr:`tta`).
 
-        With :attr:`tta` the logits are the mean over the batch and its three mirror
-        images (left-right, up-down, both), each mirrored back (:data:`TTA_FLIPS`).
+        With :attr:`tta` the logits are the mean over the first :attr:`tta_passes`
+        orientations of the batch (:data:`TTA_TRANSFORMS`: as is, mirrored left-right,
+        up-down, both, then the same of the transposed batch), each brought back.
         """
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         parameter = next(self.model.parameters())
