@@ -360,9 +360,8 @@ def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> n
 
 def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: float,
                 smoothing: str = "changepoint",
-                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None,
-                penalty: float = CHANGEPOINT_PENALTY,
-                min_step: float = CHANGEPOINT_MIN_STEP) -> dict[str, Any]:
+                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None
+                ) -> dict[str, Any]:
     """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
 
     Everything is computed from the rows stored in the (partial) results file, so that a
@@ -383,7 +382,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     to the scratch file, a second pass packs them track by track in memory (5 bytes per
     detection, plus 1 for the result: 20 MB for 1000 frames of 3400 columns), and the result
     equals :func:`~atom3d.inference.tracking.changepoint_track_depths` on the whole
-    series (tested; threshold ``penalty · σ² · ln L``, steps of at least ``min_step``).
+    series (tested; threshold ``CHANGEPOINT_PENALTY · σ² · ln L``, steps of at least
+    ``CHANGEPOINT_MIN_STEP``; both are recorded in the file's attributes).
     Its confidence is the frame's calibrated ``confidence_frame`` where
     the smoothed depth is the frame's own most probable one, else the frame's probability
     of the smoothed depth through ``map_confidence(species, p)`` (the model's confidence
@@ -475,8 +475,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                     pos = packer.positions(rec["id"])
                     levels[pos], frame_depths[pos] = rec["level"], rec["frame_depth"]
                 changepoint[species] = segment_packed(
-                    levels, frame_depths, packer, 1, classes[species], penalty,
-                    default_noise=DEFAULT_LEVEL_NOISE, min_step=min_step)
+                    levels, frame_depths, packer, 1, classes[species], CHANGEPOINT_PENALTY,
+                    default_noise=DEFAULT_LEVEL_NOISE, min_step=CHANGEPOINT_MIN_STEP)
                 del levels, frame_depths
                 packer.rewind()
 
