@@ -8,9 +8,10 @@ Without arguments and without downloads, the demo
    which also drops O atoms left with fewer than two Ce neighbours) and translates the
    particle rigidly by a slow drift (a few Å over the series, sub-pixel per frame, plus a
    small random jitter);
-2. simulates each frame with abTEM multislice (:mod:`atom3d.simulation.hrtem`: one
-   frozen phonon, 0.05 Å sampling; 300 kV, Cs = −13 µm, defocus −6 nm (overfocus), focal
-   spread 2.5 nm, no aperture) at 0.2 Å/px and draws Poisson shot noise at a low dose
+2. simulates each frame with abTEM multislice (:mod:`atom3d.simulation.hrtem`: the
+   average of 4 frozen-phonon configurations per frame (``--frozen-phonons``), 0.05 Å
+   sampling; 300 kV, Cs = −13 µm, defocus −6 nm (overfocus), focal spread 2.5 nm, no
+   aperture) at 0.2 Å/px and draws Poisson shot noise at a low dose
    (default 1000 e/Å² per frame, :mod:`atom3d.data.noise`);
 3. saves the series as an ImageJ hyperstack TIFF (``demo_series.tif``; float32 counts,
    X/YResolution in pixels per nm with ``unit=nm``, ``finterval`` in s, as ImageJ and
@@ -50,6 +51,13 @@ __all__ = [
     "run_demo",
     "simulate_demo_series",
 ]
+
+#: Frozen-phonon configurations averaged per demo frame: as in the training campaign
+#: (``configs/simulate/ceo2_110.yaml``). A frame's exposure (≥ 0.01 s) averages ~10¹¹
+#: lattice vibration periods, so one thermal snapshot per frame would add noise no
+#: microscope records (session 10: ~40 % of the frame-to-frame variance of a column's
+#: expected depth at 1000 e/Å²).
+DEMO_FROZEN_PHONONS = 4
 
 #: Matching distance of predicted to true columns [Å] (below half the nearest distances).
 MATCH_DIST_A = {"Ce": 1.0, "O": 0.7}
@@ -94,6 +102,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
                          dose_e_per_A2: float = 1000.0, ce_loss_per_frame: int = 3,
                          drift_total_A: tuple[float, float] = (2.5, -1.5),
                          frame_interval_s: float = 1.0, seed: int = 0,
+                         frozen_phonons: int = DEMO_FROZEN_PHONONS,
                          progress: bool = True) -> DemoSeries:
     """Simulate the demo series and write ``demo_series.tif`` and ``truth_columns.csv``.
 
@@ -119,6 +128,8 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
         Time between frames [s] (stored in the TIFF).
     seed : int
         Random seed (structure, cation loss, jitter, phonons, noise).
+    frozen_phonons : int
+        Thermal configurations averaged per frame (each frame draws its own).
     progress : bool
         Progress bar over frames.
     """
@@ -163,7 +174,9 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     jitter[0] = 0.0
     drift = ramp + jitter
 
-    ms = MultisliceConfig(sampling_A=0.05, frozen_phonons=1)
+    if int(frozen_phonons) < 1:
+        raise ValueError(f"frozen_phonons must be >= 1, got {frozen_phonons}")
+    ms = MultisliceConfig(sampling_A=0.05, frozen_phonons=int(frozen_phonons))
     grid = make_grid(pixel_size_A, image_px, ms)
     optics_cfg = OpticsConfig()
     optics = Optics(energy_eV=300e3, defocus_A=-60.0, cs_A=-13e4, c5_A=0.0,
@@ -374,6 +387,10 @@ def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
                    help="particle diameter [nm] (default 3)")
     p.add_argument("--dose", type=float, default=1000.0, metavar="E_PER_A2",
                    help="electron dose per frame [e/Å²] (default 1000)")
+    p.add_argument("--frozen-phonons", type=int, default=DEMO_FROZEN_PHONONS, metavar="N",
+                   help="thermal (frozen-phonon) configurations averaged per frame, as a "
+                        f"real exposure averages them (default {DEMO_FROZEN_PHONONS}, as "
+                        "in training; the simulation time grows with N)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     add_tta_arguments(p, default=8)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -396,6 +413,8 @@ def run_demo(args: argparse.Namespace) -> int:
                         f"for a {args.size} px frame")
     if not args.dose > 0:
         raise UserError(f"--dose must be > 0 e/Å², got {args.dose}")
+    if args.frozen_phonons < 1:
+        raise UserError(f"--frozen-phonons must be >= 1, got {args.frozen_phonons}")
 
     from atom3d.inference.export3d import export_xyz
     from atom3d.inference.figures import plot_results
@@ -422,7 +441,8 @@ def run_demo(args: argparse.Namespace) -> int:
           f"({args.size} px at 0.2 Å/px, {args.dose:g} e/Å² per frame) into {out}/")
     sim = simulate_demo_series(out, n_frames=args.frames, image_px=args.size,
                                diameter_nm=args.diameter_nm, dose_e_per_A2=args.dose,
-                               seed=args.seed, progress=not args.quiet)
+                               seed=args.seed, frozen_phonons=args.frozen_phonons,
+                               progress=not args.quiet)
     t_sim = time.perf_counter() - t0
     results = out / "demo.h5"
     print(f"predicting with model {artifact.name!r} -> {results}")
@@ -435,6 +455,7 @@ def run_demo(args: argparse.Namespace) -> int:
     scores = evaluate_against_truth(results, sim.truth, sim.drift_A)
     _print_report(scores, sim.drift_A, results)
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
+              "frozen_phonons": args.frozen_phonons,
               "dose_e_per_A2": args.dose, "simulate_s": round(t_sim, 1),
               "total_s": round(time.perf_counter() - t0, 1), **scores,
               "n_events": summary["n_events"]}

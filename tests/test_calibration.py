@@ -236,3 +236,94 @@ def test_artifact_column_threshold_is_stored_validated_and_applied(tmp_path):
     for bad in ({"Ce": 1.0}, {"Ce": -0.1}, {"Xe": 0.5}):
         with pytest.raises(ValueError):
             save_artifact(net, tmp_path / "bad", column_threshold=bad, **common)
+
+
+def test_pass_calibration_is_stored_validated_and_chosen_by_the_number_of_passes(tmp_path):
+    import json
+
+    import torch
+
+    from atom3d.errors import UserError
+    from atom3d.inference.predictor import Predictor
+    from atom3d.models.artifact import load_artifact, save_artifact, save_pass_calibration
+    from atom3d.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(6, 6))
+    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
+                  normalization={}, training_domain={})
+    flat = {"confidence": [0.0, 1.0], "accuracy": [0.5, 0.5]}
+    save_artifact(net, tmp_path / "m", temperature={"Ce": 1.1, "O": 1.2},
+                  confidence_map={"Ce": flat}, column_threshold={"Ce": 0.6}, **common)
+    one = load_artifact(tmp_path / "m")
+    entry = {"temperature": {"Ce": 0.7, "O": 0.8}, "column_threshold": {"Ce": 0.3},
+             "fit": {"passes": 8}}
+    save_pass_calibration(one, tmp_path / "m8", 8, entry)
+    art = load_artifact(tmp_path / "m8")
+    assert art.weights_sha256 == one.weights_sha256
+    assert (tmp_path / "m8" / "model.safetensors").read_bytes() == \
+        (tmp_path / "m" / "model.safetensors").read_bytes()
+    # one pass (and 4, which has no entry) keep the top-level calibration
+    for passes in (1, 4):
+        view = art.for_passes(passes)
+        assert view is art and view.calibration_passes == 1
+        assert view.temperature == {"Ce": 1.1, "O": 1.2}
+    eight = art.for_passes(8)
+    assert eight.calibration_passes == 8 and eight.model is art.model
+    assert eight.temperature == {"Ce": 0.7, "O": 0.8}
+    assert eight.column_threshold == {"Ce": 0.3, "O": 0.0}
+    # the one-pass confidence map does not carry over to 8 passes
+    np.testing.assert_allclose(eight.map_confidence("Ce", [0.2, 0.9]), [0.2, 0.9])
+    np.testing.assert_allclose(art.map_confidence("Ce", [0.2, 0.9]), [0.5, 0.5])
+    assert Predictor(art, tta=8).artifact.temperature == {"Ce": 0.7, "O": 0.8}
+    assert Predictor(art, tta=1).artifact.temperature == {"Ce": 1.1, "O": 1.2}
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
+    frame[::8, ::8] += 200.0
+    ce8 = Predictor(art, tta=8).predict(frame, 0.2).columns["Ce"]
+    ce8_top = Predictor(one, tta=8).predict(frame, 0.2).columns["Ce"]
+    assert len(ce8) > 0 and np.all(ce8.p_column >= 0.3)
+    assert not np.allclose(ce8.confidence[:3], 0.5)  # no map: not the flat one-pass map
+    np.testing.assert_allclose(ce8_top.confidence[ce8_top.p_column >= 0.6], 0.5)
+    # a second entry keeps the first; writing into the artifact's own directory works
+    save_pass_calibration(art, tmp_path / "m8", 4, {"temperature": {"Ce": 0.9, "O": 0.9}})
+    both = load_artifact(tmp_path / "m8")
+    assert sorted(both.config["pass_calibration"]) == ["4", "8"]
+    assert both.for_passes(4).temperature == {"Ce": 0.9, "O": 0.9}
+    # malformed entries are refused when saving and when loading
+    for bad_passes, bad in ((3, entry), (8, {"temperature": {"Ce": -1.0, "O": 1.0}}),
+                            (8, {"column_threshold": {"Ce": 0.3}})):
+        with pytest.raises(ValueError):
+            save_pass_calibration(one, tmp_path / "bad", bad_passes, bad)
+    config = json.loads((tmp_path / "m8" / "config.json").read_text())
+    config["pass_calibration"]["8"]["temperature"] = {"Ce": 0.0, "O": 1.0}
+    (tmp_path / "m8" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="calibration"):
+        load_artifact(tmp_path / "m8")
+
+
+def test_tta_forward_is_the_bare_network_for_one_pass_and_the_predictors_mean_for_eight():
+    import torch
+
+    from atom3d.inference.predictor import TTA_TRANSFORMS, TTANetwork, tta_forward
+    from atom3d.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(4, 4)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        bare = net(x)
+        for a, b in zip(tta_forward(net, x, 1), bare, strict=True):
+            assert torch.equal(a, b)
+        # mean over the 8 orientations, each brought back, computed here by hand
+        manual = [torch.zeros_like(z) for z in bare]
+        for transpose, dims in TTA_TRANSFORMS:
+            xt = x.transpose(-2, -1) if transpose else x
+            out = net(torch.flip(xt, dims) if dims else xt)
+            for m, z in zip(manual, out, strict=True):
+                z = torch.flip(z, dims) if dims else z
+                m += (z.transpose(-2, -1) if transpose else z) / 8
+        wrapped = TTANetwork(net, 8)(x)
+        for a, b in zip(wrapped, manual, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(wrapped[0], bare[0], atol=1e-3)

@@ -34,7 +34,7 @@ def test_demo_series_is_the_same_in_every_process(tmp_path):
     """FFTW plans chosen by measurement differ between processes; the demo must not."""
     code = ("import sys; from atom3d.demo import simulate_demo_series; "
             "simulate_demo_series(sys.argv[1], n_frames=2, image_px=96, diameter_nm=1.5, "
-            "progress=False)")
+            "frozen_phonons=2, progress=False)")
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
     a = tifffile.imread(tmp_path / "a" / "demo_series.tif")
@@ -42,3 +42,12 @@ def test_demo_series_is_the_same_in_every_process(tmp_path):
     np.testing.assert_array_equal(a, b)
     assert (tmp_path / "a" / "truth_columns.csv").read_text() == \
         (tmp_path / "b" / "truth_columns.csv").read_text()
+
+
+@pytest.mark.parametrize("argv", [["--frozen-phonons", "0"], ["--frames", "0"],
+                                  ["--dose", "-5"], ["--size", "33"]])
+def test_demo_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv):
+    assert main(["demo", "--quiet", "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("atom3d: error:") and "\n" not in err, err
+    assert not (tmp_path / "d").exists()

@@ -603,3 +603,59 @@ def test_extra_training_stores_train_but_never_validate(tiny_store, tmp_path):
     root.attrs["config"] = config
     with pytest.raises(ConfigError, match="differs in: labels"), pytest.warns(UserWarning):
         ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
+
+
+def test_recalibrate_fits_the_averaged_network_and_keeps_the_weights(tiny_store, tmp_path,
+                                                                      capsys):
+    from atom3d.inference.predictor import TTANetwork
+    from atom3d.models.artifact import save_artifact
+    from atom3d.models.unet import UNet
+    from atom3d.training.export import _ArtifactCalibration, _store_loader, calibrate
+    from atom3d.training.main import train_main
+
+    info = read_store_info(tiny_store)
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(info.max_depth + 1,) * 2)
+    with torch.no_grad():  # an untrained but confident network: finite temperatures
+        for head in net.heads:
+            head.weight.mul_(30.0)
+    classes = {"Ce": info.max_depth, "O": info.max_depth}
+    save_artifact(net, tmp_path / "m", name="m", classes=classes, pixel_size_A=0.2,
+                  normalization={}, training_domain={}, temperature={"Ce": 1.3, "O": 1.4},
+                  metrics={"evaluation": {"min_separation_A": [2.6, 1.6],
+                                          "match_distance_A": [1.0, 0.7],
+                                          "edge_margin_A": 1.0}})
+    out = tmp_path / "m8"
+    assert train_main(["recalibrate", str(tmp_path / "m"), "-o", str(out), "--data",
+                       str(tiny_store), "--tta-passes", "8", "--quiet"]) == 0
+    art = load_artifact(out)
+    assert art.weights_sha256 == load_artifact(tmp_path / "m").weights_sha256
+    assert art.temperature == {"Ce": 1.3, "O": 1.4}  # the one-pass calibration is kept
+    entry = art.config["pass_calibration"]["8"]
+    assert entry["fit"]["passes"] == 8 and entry["fit"]["n_pixels"]["Ce"] > 0
+    assert "seed 1" in entry["fit"]["stores"][0]
+    assert art.for_passes(8).temperature == entry["temperature"]
+    # the fit is that of the network averaged over 8 passes, on every image of the store
+    loader = _store_loader(tiny_store, info.max_depth, pixel_size_A=0.2, crop_px=None,
+                           size_multiple=4, seed=0, batch_size=2)
+    assert len(loader.dataset) == info.n_images
+    reference = load_artifact(tmp_path / "m")
+    evaluation = reference.config["metrics"]["evaluation"]
+    eight = calibrate(_ArtifactCalibration(TTANetwork(reference.model, 8), evaluation), loader)
+    one = calibrate(_ArtifactCalibration(TTANetwork(reference.model, 1), evaluation), loader)
+    for sp in ("Ce", "O"):
+        assert entry["fit"]["temperature_pixels"][sp] == pytest.approx(
+            eight["pixel_temperature"][sp])
+    # (an untrained network's temperature may sit at the fit's bound for one species)
+    assert any(eight["pixel_temperature"][sp] != pytest.approx(one["pixel_temperature"][sp])
+               for sp in ("Ce", "O"))
+    # bad input: one line, exit 2, nothing written
+    capsys.readouterr()
+    for argv in (["--data", str(tmp_path / "missing.zarr")],
+                 ["--data", str(tiny_store), "--tta-passes", "3"],
+                 ["--data", str(tiny_store), "--batch-size", "0"]):
+        assert train_main(["recalibrate", str(tmp_path / "m"), "-o", str(tmp_path / "bad"),
+                           "--quiet", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("atom3d: error:") and "\n" not in err, err
+        assert not (tmp_path / "bad").exists()

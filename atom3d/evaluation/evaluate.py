@@ -85,8 +85,9 @@ def network_method(model: str, device: str = "cpu", batch_size: int = 8,
                 for sp in SPECIES}
 
     info = {"model": str(model), "model_sha256": artifact.config.get("weights_sha256"),
-            "temperature": artifact.config.get("temperature"), "denoise": denoise,
-            "tta_passes": pred.tta_passes}
+            "temperature": pred.artifact.temperature, "denoise": denoise,
+            "tta_passes": pred.tta_passes,
+            "calibration_passes": pred.artifact.calibration_passes}
     return run, info
 
 

@@ -20,9 +20,13 @@ an HRTEM frame ``(H, W)`` of pixel size ``p_in`` [Å] into a :class:`FramePredic
    the effective receptive field of a trained U-Net, and the cross-fade hides what
    remains; ``seam_error`` style checks live in ``tests/test_predict.py``. Frames that
    fit into one tile are batched across frames (identical results: a single tile is
-   never blended). With ``tta`` (``--tta``) each batch also passes through the network
-   mirrored left-right, up-down and both, and the four logits, mirrored back, are
-   averaged (:data:`TTA_FLIPS`).
+   never blended). With ``tta`` (``--tta``, the CLI default: 8 passes) each batch also
+   passes through the network in the other orientations of :data:`TTA_TRANSFORMS`
+   (mirrored left-right, up-down and both; with 8 passes also the transposed frame and
+   its mirrors), and the logits, brought back, are averaged (:func:`tta_forward`).
+   The calibration of step 3 is the artifact's for that number of passes when it has
+   one (:meth:`~atom3d.models.artifact.ModelArtifact.for_passes`, fitted by ``atom3d
+   train recalibrate``), else the one-pass calibration of the export.
 3. **Calibrated maps and columns** per species. The calibrated class probabilities are
    ``softmax`` with the depth temperature (:func:`atom3d.models.artifact.calibrated_softmax`).
    Their per-pixel presence ``1 - p0``, most probable class and its probability come
@@ -115,6 +119,37 @@ def tta_passes(tta: bool | int) -> int:
     if n not in TTA_PASSES:
         raise UserError(f"test-time augmentation takes 1, 4 or 8 passes, got {tta}")
     return n
+
+def tta_forward(model: torch.nn.Module, x: torch.Tensor, passes: int) -> list[torch.Tensor]:
+    """Logits of ``model`` on ``x`` ``(B, 1, H, W)`` averaged over the first ``passes``
+    orientations of :data:`TTA_TRANSFORMS` (each brought back to ``x``'s orientation);
+    ``passes = 1`` is the bare network. One list entry per head, as ``model`` returns.
+    """
+    passes = tta_passes(passes)
+    if passes == 1:
+        return list(model(x))
+    logits = None
+    for transpose, dims in TTA_TRANSFORMS[:passes]:
+        xt = x.transpose(-2, -1) if transpose else x
+        out = model(torch.flip(xt, dims) if dims else xt)
+        out = [torch.flip(z, dims) if dims else z for z in out]
+        out = [z.transpose(-2, -1) for z in out] if transpose else out
+        logits = out if logits is None else [a + b for a, b in zip(logits, out, strict=True)]
+    return [z / passes for z in logits]
+
+
+class TTANetwork(torch.nn.Module):
+    """A network averaged over ``passes`` test-time augmentation passes (:func:`tta_forward`),
+    as :class:`Predictor` runs it; used to calibrate a model for that many passes."""
+
+    def __init__(self, net: torch.nn.Module, passes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.passes = tta_passes(passes)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return tta_forward(self.net, x, self.passes)
+
 
 #: Smallest frame side [px] on the model grid that is still predicted.
 MIN_SIDE_PX = 8
@@ -236,8 +271,9 @@ class Predictor:
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 4,
                  tile: int = 512, overlap: int = 64, half: bool = False,
                  edge_margin_A: float = 1.0, tta: bool | int = False) -> None:
-        self.artifact = artifact
         self.tta_passes = tta_passes(tta)
+        # the calibration fitted for this many passes, if the artifact has one
+        self.artifact = artifact.for_passes(self.tta_passes)
         self.tta = self.tta_passes > 1
         if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
             raise ValueError(f"edge_margin_A must be >= 0, got {edge_margin_A}")
@@ -286,18 +322,7 @@ class Predictor:
         parameter = next(self.model.parameters())
         x = x.to(device=parameter.device, dtype=parameter.dtype)
         with torch.no_grad():
-            if not self.tta:
-                logits = self.model(x)
-            else:
-                logits = None
-                for transpose, dims in TTA_TRANSFORMS[:self.tta_passes]:
-                    xt = x.transpose(-2, -1) if transpose else x
-                    out = self.model(torch.flip(xt, dims) if dims else xt)
-                    out = [torch.flip(z, dims) if dims else z for z in out]
-                    out = [z.transpose(-2, -1) for z in out] if transpose else out
-                    logits = out if logits is None else [a + b for a, b in zip(logits, out,
-                                                                               strict=True)]
-                logits = [z / self.tta_passes for z in logits]
+            logits = tta_forward(self.model, x, self.tta_passes)
         return tuple(z.float().cpu().numpy() for z in logits)  # type: ignore[return-value]
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

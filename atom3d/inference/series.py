@@ -599,6 +599,8 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "model_sha256": predictor.artifact.weights_sha256,
         "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
         "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
+        # passes the calibration in use was fitted for (artifact pass_calibration, else 1)
+        "calibration_passes": int(predictor.artifact.calibration_passes),
         "pixel_size_A": float(series.pixel_size_A),
         "frame_interval_s": float(series.frame_interval_s),
         "model_pixel_size_A": float(predictor.pixel_size_A),

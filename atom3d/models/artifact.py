@@ -28,6 +28,15 @@
     (:attr:`ModelArtifact.column_threshold`); fitted at export to maximise detection F1.
     Not the training task's ``column_threshold``, which is the peak presence at which
     :func:`~atom3d.inference.columns.find_columns` starts a column (0.5).
+``pass_calibration`` (optional)
+    Calibration for a number of test-time augmentation passes (``"1"``, ``"4"`` or
+    ``"8"``, see :data:`atom3d.inference.predictor.TTA_TRANSFORMS`): per number, its own
+    ``temperature``, ``confidence_map`` and ``column_threshold`` (same forms as above),
+    fitted on the logits averaged over that many passes (``atom3d train recalibrate``),
+    and the figures of the fit (``fit``). Averaged logits are less extreme than one
+    pass's, so one pass's calibration under-states their confidence.
+    :meth:`ModelArtifact.for_passes` picks it; a number without an entry uses the
+    top-level calibration, which was fitted on one pass.
 ``atom3d_version``
     Version of atom3d that wrote the artifact.
 ``weights_sha256``
@@ -69,6 +78,10 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Species in head order of :class:`~atom3d.models.unet.UNet`.
 SPECIES = ("Ce", "O")
+#: Keys of one calibration (top level, or one ``pass_calibration`` entry).
+CALIBRATION_KEYS = ("temperature", "confidence_map", "column_threshold")
+#: Numbers of passes a ``pass_calibration`` entry may be for.
+PASS_CALIBRATION_PASSES = ("1", "4", "8")
 
 
 def calibrated_softmax(logits: Tensor, temperature: float, out: Tensor | None = None) -> Tensor:
@@ -161,6 +174,28 @@ class ModelArtifact:
         """
         stored = self.config.get("column_threshold") or {}
         return {s: float(stored.get(s, 0.0)) for s in self.config["classes"]}
+
+    def for_passes(self, passes: int) -> ModelArtifact:
+        """The artifact calibrated for ``passes`` network passes per frame.
+
+        With a ``pass_calibration`` entry for ``passes``, a view (same network, no copy)
+        whose ``temperature``, ``confidence_map`` and ``column_threshold`` are that
+        entry's, and whose ``calibration_passes`` is ``passes``; else ``self`` (the
+        top-level calibration, fitted on one pass).
+        """
+        entry = (self.config.get("pass_calibration") or {}).get(str(int(passes)))
+        if not entry:
+            return self
+        config = {k: v for k, v in self.config.items()
+                  if k not in ("confidence_map", "column_threshold")}
+        config.update({k: entry[k] for k in CALIBRATION_KEYS if entry.get(k)})
+        config["calibration_passes"] = int(passes)
+        return ModelArtifact(model=self.model, config=config, path=self.path)
+
+    @property
+    def calibration_passes(self) -> int:
+        """Network passes per frame the calibration in use was fitted for (1 by default)."""
+        return int(self.config.get("calibration_passes", 1))
 
     @property
     def weights_sha256(self) -> str:
@@ -398,6 +433,62 @@ def _check_confidence_map(maps: Mapping[str, Mapping[str, Any]],
     return out
 
 
+def _check_pass_calibration(entries: Any, classes: Mapping[str, int]) -> dict[str, Any] | None:
+    """Checked ``pass_calibration`` (None if absent); raises ValueError when malformed."""
+    if entries is None:
+        return None
+    if not isinstance(entries, Mapping):
+        raise ValueError("pass_calibration must be a mapping")
+    out = {}
+    for passes, entry in entries.items():
+        if passes not in PASS_CALIBRATION_PASSES or not isinstance(entry, Mapping):
+            raise ValueError(f"pass_calibration: entries must be for "
+                             f"{'/'.join(PASS_CALIBRATION_PASSES)} passes, got {passes!r}")
+        if "temperature" not in entry:
+            raise ValueError(f"pass_calibration[{passes!r}] lacks its temperature")
+        checked = dict(entry)
+        checked["temperature"] = _check_temperature(entry["temperature"])
+        if entry.get("confidence_map"):
+            checked["confidence_map"] = _check_confidence_map(entry["confidence_map"], classes)
+        if entry.get("column_threshold"):
+            checked["column_threshold"] = _check_column_threshold(entry["column_threshold"],
+                                                                  classes)
+        out[passes] = checked
+    return out
+
+
+def save_pass_calibration(artifact: ModelArtifact, directory: str | os.PathLike[str],
+                          passes: int, calibration: Mapping[str, Any]) -> Path:
+    """Write ``artifact`` into ``directory`` with a ``pass_calibration`` entry for ``passes``.
+
+    The weights are those of ``artifact`` (byte for byte; ``weights_sha256`` unchanged);
+    the config is the artifact's with ``pass_calibration[str(passes)]`` set to
+    ``calibration`` (``temperature`` and optionally ``confidence_map``,
+    ``column_threshold`` and ``fit``; checked). ``directory`` may be the artifact's own.
+    Files are written atomically, weights first.
+    """
+    key = str(int(passes))
+    if key not in PASS_CALIBRATION_PASSES:
+        raise ValueError(f"passes must be one of {PASS_CALIBRATION_PASSES}, got {passes}")
+    config = {k: v for k, v in artifact.config.items() if k != "calibration_passes"}
+    entries = dict(config.get("pass_calibration") or {})
+    entries[key] = dict(calibration)
+    config["pass_calibration"] = _check_pass_calibration(entries, config["classes"])
+    try:
+        text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"artifact config is not strict JSON: {error}") from error
+    state = {k: v.detach().to("cpu").contiguous() for k, v in artifact.model.state_dict().items()}
+    weights = save_safetensors_bytes(state, metadata={"format": FORMAT})
+    if sha256_hex(weights) != config["weights_sha256"]:
+        raise ValueError("the network's weights differ from the artifact's weights_sha256")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / WEIGHTS_FILE, weights)
+    _write_atomic(directory / CONFIG_FILE, text.encode("utf-8"))
+    return directory
+
+
 def _check_column_threshold(thresholds: Mapping[str, float],
                             classes: Mapping[str, int]) -> dict[str, float]:
     out = {}
@@ -467,9 +558,10 @@ def load_artifact(
         model = UNet.from_config(config["architecture"])
         _check_classes(config["classes"], model.n_classes)
         _check_temperature(config["temperature"])
-    except (TypeError, ValueError, AttributeError) as error:
+        _check_pass_calibration(config.get("pass_calibration"), config["classes"])
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
         raise UserError(
-            f"model {label}: invalid architecture, classes or temperature: {error}"
+            f"model {label}: invalid architecture, classes or calibration: {error}"
         ) from error
     problem = _state_mismatch(model.state_dict(), state)
     if problem:

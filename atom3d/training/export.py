@@ -517,6 +517,16 @@ class _Chained:
 
 def _calibration_loader(store: str | Path, datamodule: ColumnDataModule, max_depth: int):
     """Validation-style items of every finished image of a separate calibration store."""
+    hp = datamodule.hparams
+    return _store_loader(store, max_depth, pixel_size_A=hp.pixel_size_A,
+                         crop_px=hp.val_crop_px, size_multiple=hp.size_multiple, seed=hp.seed,
+                         batch_size=hp.val_batch_size or hp.batch_size)
+
+
+def _store_loader(store: str | Path, max_depth: int, *, pixel_size_A: float,
+                  crop_px: int | None, size_multiple: int, seed: int, batch_size: int):
+    """A loader of validation items (stored dose, seeded noise, no augmentation) of every
+    finished image of ``store``, which must have ``max_depth``."""
     from torch.utils.data import DataLoader
 
     from atom3d.data.dataset import ColumnDataset, image_indices, read_store_info
@@ -525,13 +535,12 @@ def _calibration_loader(store: str | Path, datamodule: ColumnDataModule, max_dep
     if info.max_depth != max_depth:
         raise UserError(f"calibration store {store} has max_depth {info.max_depth}, "
                         f"the model has {max_depth}")
-    hp = datamodule.hparams
     indices = image_indices(np.flatnonzero(info.done), info.n_images, info.images_per_structure)
-    dataset = ColumnDataset(store, indices, train=False, pixel_size_A=hp.pixel_size_A,
-                            crop_px=hp.val_crop_px, size_multiple=hp.size_multiple,
-                            seed=hp.seed, info=info)
-    return DataLoader(dataset, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
-                      num_workers=0)
+    if len(indices) == 0:
+        raise UserError(f"calibration store {store} has no finished images")
+    dataset = ColumnDataset(store, indices, train=False, pixel_size_A=pixel_size_A,
+                            crop_px=crop_px, size_multiple=size_multiple, seed=seed, info=info)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 def _store_list(stores: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
@@ -640,6 +649,126 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
     return export_model(task, datamodule, out_dir, name=name, max_batches=max_batches,
                         max_pixels=max_pixels, extra_metrics=extra,
                         calibration_store=calibration_store)
+
+
+class _ArtifactCalibration:
+    """What :func:`calibrate` needs of a task, from a model artifact: the network (here
+    averaged over test-time augmentation passes) and the column-finding settings."""
+
+    def __init__(self, net: torch.nn.Module, evaluation: Mapping[str, Any]) -> None:
+        from types import SimpleNamespace
+
+        self.net = net
+        defaults = inspect.signature(ColumnSegmentationTask.__init__).parameters
+        self.hparams = SimpleNamespace(
+            min_separation_A=tuple(evaluation.get(
+                "min_separation_A", defaults["min_separation_A"].default)),
+            match_distance_A=tuple(evaluation.get(
+                "match_distance_A", defaults["match_distance_A"].default)),
+            eval_margin_A=float(evaluation.get("edge_margin_A",
+                                               defaults["eval_margin_A"].default)),
+            column_threshold=float(defaults["column_threshold"].default))
+
+
+def recalibrate_artifact(model: str | Path, stores: Sequence[str | Path], out_dir: str | Path,
+                         *, passes: int = 8, batch_size: int = 2,
+                         max_batches: int | None = None, max_pixels: int = 200_000,
+                         seed: int = 0, progress: bool = True) -> Path:
+    """Fit a model's calibration for ``passes`` network passes per frame and save it.
+
+    ``atom3d predict`` averages the logits of ``passes`` orientations of every frame
+    (:func:`~atom3d.inference.predictor.tta_forward`); the averaged logits are less
+    extreme than one pass's, so the calibration fitted at export (one pass) under-states
+    their confidence. This runs the averaged network on every finished image of
+    ``stores`` (separate stores, simulated with seeds never trained on; validation items:
+    the stored dose with noise seeded by image index and ``seed``, whole images) and fits,
+    as :func:`export_model` does, the column temperature, the confidence map and the
+    column threshold (:func:`calibrate`). The result goes into the artifact's
+    ``pass_calibration[str(passes)]`` (with the figures of the fit), written to
+    ``out_dir`` (may be the model's own directory) with the same weights; predictions
+    with that many passes then use it (:meth:`ModelArtifact.for_passes`).
+    """
+    from atom3d.inference.predictor import TTANetwork, tta_passes
+    from atom3d.models.artifact import load_artifact, save_pass_calibration
+
+    passes = tta_passes(passes)
+    artifact = load_artifact(model)
+    stores = _store_list(stores)
+    if not stores:
+        raise UserError("recalibration needs at least one calibration store (--data)")
+    k_max = max(artifact.classes.values())
+    size_multiple = 2 ** int(artifact.config["architecture"].get("depth", 4))
+    loader = _Chained(*(_store_loader(store, k_max, pixel_size_A=artifact.pixel_size_A,
+                                      crop_px=None, size_multiple=size_multiple, seed=seed,
+                                      batch_size=int(batch_size)) for store in stores))
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = len(loader) if max_batches is None else min(len(loader), max_batches)
+        loader = tqdm(loader, total=total, desc=f"calibrating ({passes} passes)",
+                      unit="batch", file=sys.stderr)
+    evaluation = (artifact.config.get("metrics") or {}).get("evaluation") or {}
+    subject = _ArtifactCalibration(TTANetwork(artifact.model, passes), evaluation)
+    fit = calibrate(subject, loader, max_pixels=max_pixels, max_batches=max_batches, seed=seed)
+    n_columns = fit["n_columns"]
+    temperature = {sp: fit["column_temperature"][sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
+                   else fit["pixel_temperature"][sp] for sp, _ in SPECIES}
+    maps = {sp: fit["confidence_map"][sp] for sp, _ in SPECIES
+            if n_columns[sp] >= MIN_CALIBRATION_COLUMNS and fit["confidence_map"][sp]}
+    thresholds = {sp: f for sp, f in fit["column_threshold"].items()
+                  if f is not None and f["n_true"] >= MIN_CALIBRATION_COLUMNS}
+    entry = {
+        "temperature": temperature,
+        "confidence_map": {sp: {k: m[k] for k in ("confidence", "accuracy")}
+                           for sp, m in maps.items()} or None,
+        "column_threshold": {sp: f["threshold"] for sp, f in thresholds.items()} or None,
+        "fit": _strict_json({
+            "passes": passes,
+            "stores": [_describe_store(store) for store in stores],
+            "seed": int(seed),
+            "n_columns": n_columns, "n_pixels": fit["n_pixels"],
+            "temperature_pixels": fit["pixel_temperature"],
+            "confidence_map": {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
+                               for sp, m in maps.items()},
+            "column_threshold": thresholds}),
+    }
+    return save_pass_calibration(artifact, out_dir, passes, entry)
+
+
+def recalibrate_main(argv: list[str] | None = None) -> int:
+    """Command line of :func:`recalibrate_artifact`; returns the exit code (2 on a user error)."""
+    parser = argparse.ArgumentParser(
+        prog="atom3d train recalibrate",
+        description="Fit a model's calibration (column temperature, confidence map, column "
+                    "threshold) for the logits averaged over N test-time augmentation passes, "
+                    "as 'atom3d predict --tta-passes N' computes them, on separate simulated "
+                    "stores never trained on, and write the model with it. Predictions with N "
+                    "passes then use it; other numbers of passes keep theirs.")
+    parser.add_argument("model", help="model artifact directory or packaged model name")
+    parser.add_argument("-o", "--out", required=True, type=Path,
+                        help="artifact directory to write (may be the model's own directory)")
+    parser.add_argument("--data", required=True, type=Path, nargs="+", metavar="STORE",
+                        help="calibration stores (atom3d simulate, seeds never trained on)")
+    parser.add_argument("--tta-passes", type=int, default=8, metavar="N",
+                        help="network passes per frame to calibrate for: 1, 4 or 8 (default 8)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="use at most this many batches (quick runs)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shot noise drawn at each image's stored dose (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        out = recalibrate_artifact(args.model, args.data, args.out, passes=args.tta_passes,
+                                   batch_size=args.batch_size, max_batches=args.max_batches,
+                                   seed=args.seed, progress=not args.quiet)
+    except UserError as error:
+        print(f"atom3d: error: {error}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def export_main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@
     atom3d train fit --config configs/train/ceo2_110.yaml --ckpt_path last     # resume
     atom3d train validate --config configs/train/ceo2_110.yaml --ckpt_path last
     atom3d train export CKPT -o DIR [--data STORE]                             # calibrate + export
+    atom3d train recalibrate MODEL -o DIR --data STORE... [--tta-passes 8]     # calibration for N passes
 
 The schema of the config is the code's own signatures: ``model:`` =
 :class:`atom3d.training.task.ColumnSegmentationTask`, ``data:`` =
@@ -150,6 +151,10 @@ def train_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
         return export_main(argv[1:])
+    if argv and argv[0] == "recalibrate":
+        from atom3d.training.export import recalibrate_main
+
+        return recalibrate_main(argv[1:])
     try:
         cli = build_cli(argv)
         if cli.subcommand == "fit":
