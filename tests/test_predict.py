@@ -277,6 +277,32 @@ def test_tta_is_recorded_and_guards_resume(series_tif, model_dir, tmp_path, caps
     assert "1, 4 or 8" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_calibration_is_recorded_and_a_new_calibration_is_not_resumed_into(
+        series_tif, model_dir, tmp_path):
+    from atom3d.models.artifact import save_pass_calibration
+
+    out = tmp_path / "cal.h5"
+    assert _predict(series_tif, out, model_dir, "--tta") == 0
+    plain = load_artifact(model_dir)
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert attrs["calibration_passes"] == 1
+    assert attrs["calibration_sha256"] == plain.for_passes(8).calibration_sha256
+    # the same weights with an 8-pass calibration: another fingerprint, so the complete
+    # file is redone, not kept, and a partial file would not be continued
+    recal = tmp_path / "recal"
+    save_pass_calibration(plain, recal, 8, {"temperature": {"Ce": 0.5, "O": 0.5}})
+    eight = load_artifact(recal).for_passes(8)
+    assert eight.weights_sha256 == plain.weights_sha256
+    assert eight.calibration_sha256 != plain.calibration_sha256
+    assert load_artifact(recal).for_passes(1).calibration_sha256 == plain.calibration_sha256
+    before = out.stat().st_mtime_ns
+    assert _predict(series_tif, out, recal, "--tta", "--resume") == 0
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert out.stat().st_mtime_ns != before
+    assert (attrs["calibration_passes"], attrs["calibration_sha256"]) == (
+        8, eight.calibration_sha256)
+
+
 def test_smoothed_confidence_stays_calibrated(reference_run):
     """Change points: where the smoothed depth is the frame's own, so is the confidence."""
     cols = read_results(reference_run, load_maps=False)["columns"]

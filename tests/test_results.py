@@ -255,6 +255,10 @@ def test_resume_refuses_other_input(tmp_path):
     other = {**ATTRS, "source_sha256": "c" * 64}
     with pytest.raises(InputFileError, match="source_sha256"):
         ResultsWriter(path, shape=(H, W), n_frames=2, attrs=other, resume=True)
+    # the same weights recalibrated: the calibration fingerprint differs
+    recalibrated = {**ATTRS, "calibration_sha256": "d" * 64}
+    with pytest.raises(InputFileError, match="calibration_sha256"):
+        ResultsWriter(path, shape=(H, W), n_frames=2, attrs=recalibrated, resume=True)
     with pytest.raises(InputFileError, match="maps"):
         ResultsWriter(path, shape=(H, W + 1), n_frames=2, attrs=ATTRS, resume=True)
 

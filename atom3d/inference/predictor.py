@@ -120,6 +120,7 @@ def tta_passes(tta: bool | int) -> int:
         raise UserError(f"test-time augmentation takes 1, 4 or 8 passes, got {tta}")
     return n
 
+
 def tta_forward(model: torch.nn.Module, x: torch.Tensor, passes: int) -> list[torch.Tensor]:
     """Logits of ``model`` on ``x`` ``(B, 1, H, W)`` averaged over the first ``passes``
     orientations of :data:`TTA_TRANSFORMS` (each brought back to ``x``'s orientation);

@@ -601,6 +601,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
         # passes the calibration in use was fitted for (artifact pass_calibration, else 1)
         "calibration_passes": int(predictor.artifact.calibration_passes),
+        "calibration_sha256": predictor.artifact.calibration_sha256,
         "pixel_size_A": float(series.pixel_size_A),
         "frame_interval_s": float(series.frame_interval_s),
         "model_pixel_size_A": float(predictor.pixel_size_A),
@@ -686,14 +687,17 @@ def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
     return max(shape) <= predictor.tile
 
 
-def _complete_matches(out: Path, source_hash: str, model_sha: str, passes: int) -> bool:
-    """Whether ``out`` is a complete results file for this input, model and ``--tta``."""
+def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool:
+    """Whether ``out`` is a complete results file for this input, model, calibration and
+    ``--tta``."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
-    return (attrs.get("source_sha256") == source_hash and attrs.get("model_sha256") == model_sha
-            and int(attrs.get("tta_passes", -1)) == int(passes))
+    return (attrs.get("source_sha256") == source_hash
+            and attrs.get("model_sha256") == predictor.artifact.weights_sha256
+            and attrs.get("calibration_sha256") == predictor.artifact.calibration_sha256
+            and int(attrs.get("tta_passes", -1)) == int(predictor.tta_passes))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -770,8 +774,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
     with open_series(src, pixel_size_A=args.pixel_size) as series:
         digest = source_sha256(src)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
-                and _complete_matches(dst, digest, predictor.artifact.weights_sha256,
-                                      predictor.tta_passes)):
+                and _complete_matches(dst, digest, predictor)):
             print(f"{dst}: already complete for this input and model (kept)")
             summary = None
         else:

@@ -158,7 +158,7 @@ _MAP_UNITS = {"depth": "atoms", "confidence": "probability"}
 _REQUIRED_ATTRS = ("source", "source_sha256", "model", "model_sha256", "pixel_size_A")
 _RESERVED_ATTRS = ("format", "format_version", "created", "complete")
 _RESUME_KEYS = ("source_sha256", "model_sha256", "pixel_size_A",
-                "test_time_augmentation", "tta_passes")
+                "test_time_augmentation", "tta_passes", "calibration_sha256")
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)

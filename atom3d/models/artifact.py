@@ -193,6 +193,16 @@ class ModelArtifact:
         return ModelArtifact(model=self.model, config=config, path=self.path)
 
     @property
+    def calibration_sha256(self) -> str:
+        """SHA-256 (hex) of the calibration in use (temperature, confidence map, column
+        threshold, and the passes it was fitted for), as canonical JSON: results files
+        record it, so a run is never resumed under another calibration of the same weights."""
+        calibration = {k: self.config.get(k) for k in CALIBRATION_KEYS}
+        calibration["passes"] = self.calibration_passes
+        text = json.dumps(calibration, sort_keys=True, separators=(",", ":"))
+        return sha256_hex(text.encode("utf-8"))
+
+    @property
     def calibration_passes(self) -> int:
         """Network passes per frame the calibration in use was fitted for (1 by default)."""
         return int(self.config.get("calibration_passes", 1))
