@@ -130,7 +130,8 @@ def _cmd_info(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", add_help=False, prefix_chars="\0",
-        help="train a model (LightningCLI: fit | validate | test | export); 'atom3d train --help'",
+        help="train a model (LightningCLI: fit | validate | test; export | recalibrate); "
+             "'atom3d train --help'",
         description="Train the U-Net with LightningCLI; see configs/train/ and training/README.md.")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_train)

@@ -123,7 +123,11 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "atom3d train", "default_env": False, "exit_on_error": False,
                        "description": "Train the column-depth U-Net on a simulated dataset "
-                                      "(Lightning CLI). Pixel sizes in Å, doses in e/Å²."},
+                                      "(Lightning CLI). Pixel sizes in Å, doses in e/Å². "
+                                      "Also: 'atom3d train export CKPT -o DIR' (calibrate and "
+                                      "export a checkpoint) and 'atom3d train recalibrate "
+                                      "MODEL -o DIR --data STORE' (calibration for N "
+                                      "test-time augmentation passes); each has --help."},
     )
 
 
