@@ -155,25 +155,36 @@ def test_confidence_map_calibrates_an_overconfident_middle():
         fit_confidence_map([], [])
 
 
-def test_artifact_confidence_map_is_stored_validated_and_applied(tmp_path):
-    import torch
-
-    from atom3d.inference.predictor import Predictor
-    from atom3d.models.artifact import load_artifact, save_artifact
+def _tiny_net():
+    """A seeded random UNet (5 depth classes per species) and the save_artifact arguments
+    that go with it."""
     from atom3d.models.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(base_width=8, depth=2, n_classes=(6, 6))
-    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
-                  normalization={}, training_domain={})
+    return net, dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
+                     normalization={}, training_domain={})
+
+
+def _dotted_frame() -> np.ndarray:
+    """A 96 px Poisson frame with bright dots every 8 px: columns for a random network."""
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
+    frame[::8, ::8] += 200.0
+    return frame
+
+
+def test_artifact_confidence_map_is_stored_validated_and_applied(tmp_path):
+    from atom3d.inference.predictor import Predictor
+    from atom3d.models.artifact import load_artifact, save_artifact
+
+    net, common = _tiny_net()
     flat = {"confidence": [0.0, 1.0], "accuracy": [0.5, 0.5]}
     save_artifact(net, tmp_path / "m", confidence_map={"Ce": flat}, **common)
     artifact = load_artifact(tmp_path / "m")
     np.testing.assert_allclose(artifact.map_confidence("Ce", [0.1, 0.9]), [0.5, 0.5])
     np.testing.assert_allclose(artifact.map_confidence("O", [0.1, 0.9]), [0.1, 0.9])
-    rng = np.random.default_rng(0)
-    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
-    frame[::8, ::8] += 200.0
+    frame = _dotted_frame()
     pred = Predictor(artifact).predict(frame, 0.2)
     assert len(pred.columns["Ce"]) > 0
     np.testing.assert_allclose(pred.columns["Ce"].confidence, 0.5)
@@ -206,19 +217,11 @@ def test_column_threshold_maximises_f1_with_known_answer():
 
 
 def test_artifact_column_threshold_is_stored_validated_and_applied(tmp_path):
-    import torch
-
     from atom3d.inference.predictor import Predictor
     from atom3d.models.artifact import load_artifact, save_artifact
-    from atom3d.models.unet import UNet
 
-    torch.manual_seed(0)
-    net = UNet(base_width=8, depth=2, n_classes=(6, 6))
-    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
-                  normalization={}, training_domain={})
-    rng = np.random.default_rng(0)
-    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
-    frame[::8, ::8] += 200.0
+    net, common = _tiny_net()
+    frame = _dotted_frame()
     save_artifact(net, tmp_path / "plain", **common)
     plain = load_artifact(tmp_path / "plain")
     assert plain.column_threshold == {"Ce": 0.0, "O": 0.0}
@@ -241,17 +244,11 @@ def test_artifact_column_threshold_is_stored_validated_and_applied(tmp_path):
 def test_pass_calibration_is_stored_validated_and_chosen_by_the_number_of_passes(tmp_path):
     import json
 
-    import torch
-
     from atom3d.errors import UserError
     from atom3d.inference.predictor import Predictor
     from atom3d.models.artifact import load_artifact, save_artifact, save_pass_calibration
-    from atom3d.models.unet import UNet
 
-    torch.manual_seed(0)
-    net = UNet(base_width=8, depth=2, n_classes=(6, 6))
-    common = dict(name="m", classes={"Ce": 5, "O": 5}, pixel_size_A=0.2,
-                  normalization={}, training_domain={})
+    net, common = _tiny_net()
     flat = {"confidence": [0.0, 1.0], "accuracy": [0.5, 0.5]}
     save_artifact(net, tmp_path / "m", temperature={"Ce": 1.1, "O": 1.2},
                   confidence_map={"Ce": flat}, column_threshold={"Ce": 0.6}, **common)
@@ -277,9 +274,7 @@ def test_pass_calibration_is_stored_validated_and_chosen_by_the_number_of_passes
     np.testing.assert_allclose(art.map_confidence("Ce", [0.2, 0.9]), [0.5, 0.5])
     assert Predictor(art, tta=8).artifact.temperature == {"Ce": 0.7, "O": 0.8}
     assert Predictor(art, tta=1).artifact.temperature == {"Ce": 1.1, "O": 1.2}
-    rng = np.random.default_rng(0)
-    frame = rng.poisson(50.0, (96, 96)).astype(np.float32)
-    frame[::8, ::8] += 200.0
+    frame = _dotted_frame()
     ce8 = Predictor(art, tta=8).predict(frame, 0.2).columns["Ce"]
     ce8_top = Predictor(one, tta=8).predict(frame, 0.2).columns["Ce"]
     assert len(ce8) > 0 and np.all(ce8.p_column >= 0.3)
@@ -303,8 +298,6 @@ def test_pass_calibration_is_stored_validated_and_chosen_by_the_number_of_passes
 
 
 def test_tta_forward_is_the_bare_network_for_one_pass_and_the_predictors_mean_for_eight():
-    import torch
-
     from atom3d.inference.predictor import TTA_TRANSFORMS, TTANetwork, tta_forward
     from atom3d.models.unet import UNet
 

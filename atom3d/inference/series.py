@@ -596,12 +596,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "source": source,
         "source_sha256": source_hash or (source_sha256(source) if source else ""),
         "model": predictor.artifact.name,
-        "model_sha256": predictor.artifact.weights_sha256,
-        "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
-        "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
-        # passes the calibration in use was fitted for (artifact pass_calibration, else 1)
-        "calibration_passes": int(predictor.artifact.calibration_passes),
-        "calibration_sha256": predictor.artifact.calibration_sha256,
+        **_predictor_attrs(predictor),
         "pixel_size_A": float(series.pixel_size_A),
         "frame_interval_s": float(series.frame_interval_s),
         "model_pixel_size_A": float(predictor.pixel_size_A),
@@ -687,6 +682,20 @@ def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
     return max(shape) <= predictor.tile
 
 
+def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
+    """The results-file attributes that say which network ran and how (weights, passes,
+    calibration): a file with other values is another run (see :func:`_complete_matches`
+    and the resume check of :class:`~atom3d.io.results.ResultsWriter`)."""
+    return {
+        "model_sha256": predictor.artifact.weights_sha256,
+        "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
+        "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
+        # passes the calibration in use was fitted for (artifact pass_calibration, else 1)
+        "calibration_passes": int(predictor.artifact.calibration_passes),
+        "calibration_sha256": predictor.artifact.calibration_sha256,
+    }
+
+
 def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool:
     """Whether ``out`` is a complete results file for this input, model, calibration and
     ``--tta``."""
@@ -694,10 +703,8 @@ def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
-    return (attrs.get("source_sha256") == source_hash
-            and attrs.get("model_sha256") == predictor.artifact.weights_sha256
-            and attrs.get("calibration_sha256") == predictor.artifact.calibration_sha256
-            and int(attrs.get("tta_passes", -1)) == int(predictor.tta_passes))
+    return attrs.get("source_sha256") == source_hash and all(
+        attrs.get(key) == value for key, value in _predictor_attrs(predictor).items())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -775,7 +782,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
         digest = source_sha256(src)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
                 and _complete_matches(dst, digest, predictor)):
-            print(f"{dst}: already complete for this input and model (kept)")
+            print(f"{dst}: already complete for this input, model, calibration and passes (kept)")
             summary = None
         else:
             _warn_pixel_size(series.pixel_size_A, predictor.pixel_size_A)

@@ -293,6 +293,31 @@ def calibrate(task: ColumnSegmentationTask, loader, *, max_pixels: int = 200_000
             "column_threshold": {sp: _fit_threshold(d) for sp, d in detections.items()}}
 
 
+def _calibration_of(fit: Mapping[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+    """What goes into an artifact from a :func:`calibrate` result, per species.
+
+    Returns ``(temperature, confidence_map, map_figures, column_threshold,
+    threshold_figures)``: the column temperature where at least
+    ``MIN_CALIBRATION_COLUMNS`` columns were matched, else the pixel one; the confidence
+    map's knots and its in-sample figures, and the column threshold and its figures, for
+    the species with enough columns (others are absent).
+    """
+    n_columns = fit["n_columns"]
+    enough = {sp for sp, _ in SPECIES if n_columns[sp] >= MIN_CALIBRATION_COLUMNS}
+    temperature = {sp: fit["column_temperature"][sp] if sp in enough
+                   else fit["pixel_temperature"][sp] for sp, _ in SPECIES}
+    maps = {sp: fit["confidence_map"][sp] for sp, _ in SPECIES
+            if sp in enough and fit["confidence_map"][sp]}
+    confidence_map = {sp: {k: m[k] for k in ("confidence", "accuracy")}
+                      for sp, m in maps.items()}
+    map_figures = {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
+                   for sp, m in maps.items()}
+    threshold_figures = {sp: f for sp, f in fit["column_threshold"].items()
+                         if f is not None and f["n_true"] >= MIN_CALIBRATION_COLUMNS}
+    column_threshold = {sp: f["threshold"] for sp, f in threshold_figures.items()}
+    return temperature, confidence_map, map_figures, column_threshold, threshold_figures
+
+
 def _fit_threshold(detections: list[tuple[np.ndarray, np.ndarray, int]]) -> dict[str, Any] | None:
     """:func:`fit_column_threshold` of per-image ``(p_column, matched, n_true)``."""
     if not detections or not any(len(p) for p, _, _ in detections):
@@ -456,18 +481,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         fit = calibrate(task, calibration_loader, max_pixels=max_pixels,
                         max_batches=max_batches, seed=int(hp.seed))
         pixel_temperature, used = fit["pixel_temperature"], fit["n_pixels"]
-        column_temperature, n_columns = fit["column_temperature"], fit["n_columns"]
-        temperature = {sp: column_temperature[sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
-                       else pixel_temperature[sp] for sp, _ in SPECIES}
-        maps = {sp: fit["confidence_map"][sp] for sp, _ in SPECIES
-                if n_columns[sp] >= MIN_CALIBRATION_COLUMNS and fit["confidence_map"][sp]}
-        confidence_map = {sp: {k: m[k] for k in ("confidence", "accuracy")}
-                          for sp, m in maps.items()}
-        map_figures = {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
-                       for sp, m in maps.items()}
-        threshold_figures = {sp: f for sp, f in fit["column_threshold"].items()
-                             if f is not None and f["n_true"] >= MIN_CALIBRATION_COLUMNS}
-        column_threshold = {sp: f["threshold"] for sp, f in threshold_figures.items()}
+        n_columns = fit["n_columns"]
+        (temperature, confidence_map, map_figures, column_threshold,
+         threshold_figures) = _calibration_of(fit)
         figures = evaluate_columns(task, loader, temperature, max_batches=max_batches)
     metrics = {
         "validation": figures,
@@ -710,27 +726,20 @@ def recalibrate_artifact(model: str | Path, stores: Sequence[str | Path], out_di
     evaluation = (artifact.config.get("metrics") or {}).get("evaluation") or {}
     subject = _ArtifactCalibration(TTANetwork(artifact.model, passes), evaluation)
     fit = calibrate(subject, loader, max_pixels=max_pixels, max_batches=max_batches, seed=seed)
-    n_columns = fit["n_columns"]
-    temperature = {sp: fit["column_temperature"][sp] if n_columns[sp] >= MIN_CALIBRATION_COLUMNS
-                   else fit["pixel_temperature"][sp] for sp, _ in SPECIES}
-    maps = {sp: fit["confidence_map"][sp] for sp, _ in SPECIES
-            if n_columns[sp] >= MIN_CALIBRATION_COLUMNS and fit["confidence_map"][sp]}
-    thresholds = {sp: f for sp, f in fit["column_threshold"].items()
-                  if f is not None and f["n_true"] >= MIN_CALIBRATION_COLUMNS}
+    (temperature, confidence_map, map_figures, column_threshold,
+     threshold_figures) = _calibration_of(fit)
     entry = {
         "temperature": temperature,
-        "confidence_map": {sp: {k: m[k] for k in ("confidence", "accuracy")}
-                           for sp, m in maps.items()} or None,
-        "column_threshold": {sp: f["threshold"] for sp, f in thresholds.items()} or None,
+        "confidence_map": confidence_map or None,
+        "column_threshold": column_threshold or None,
         "fit": _strict_json({
             "passes": passes,
             "stores": [_describe_store(store) for store in stores],
             "seed": int(seed),
-            "n_columns": n_columns, "n_pixels": fit["n_pixels"],
+            "n_columns": fit["n_columns"], "n_pixels": fit["n_pixels"],
             "temperature_pixels": fit["pixel_temperature"],
-            "confidence_map": {sp: {k: m[k] for k in ("n_columns", "ece_before", "ece_after")}
-                               for sp, m in maps.items()},
-            "column_threshold": thresholds}),
+            "confidence_map": map_figures,
+            "column_threshold": threshold_figures}),
     }
     return save_pass_calibration(artifact, out_dir, passes, entry)
 
