@@ -37,11 +37,15 @@ def non_negative_int(text: str) -> int:
     return _integer(text, 0, "an integer >= 0")
 
 
+#: Allowed numbers of network passes of test-time augmentation: 1 (off), 4 (mirrors) or
+#: 8 (mirrors and transposes); :mod:`atom3d.inference.predictor` runs them.
+TTA_PASSES = (1, 4, 8)
+
+
 def tta_passes(text: str) -> int:
-    """Network passes of test-time augmentation: 1 (off), 4 (mirrors) or 8 (mirrors and
-    transposes)."""
+    """Network passes of test-time augmentation, one of :data:`TTA_PASSES`."""
     value = _integer(text, 1, "1, 4 or 8")
-    if value not in (1, 4, 8):
+    if value not in TTA_PASSES:
         raise argparse.ArgumentTypeError(f"expected 1, 4 or 8 passes, got {value}")
     return value
 

@@ -301,6 +301,13 @@ def test_calibration_is_recorded_and_a_new_calibration_is_not_resumed_into(
     assert out.stat().st_mtime_ns != before
     assert (attrs["calibration_passes"], attrs["calibration_sha256"]) == (
         8, eight.calibration_sha256)
+    # the resume check compares exactly the network attributes a run writes
+    from atom3d.inference.series import _predictor_attrs
+    from atom3d.io.results import NETWORK_ATTRS
+
+    written = _predictor_attrs(Predictor(load_artifact(recal), tta=8))
+    assert tuple(written) == NETWORK_ATTRS
+    assert {k: attrs[k] for k in NETWORK_ATTRS} == written
 
 
 def test_smoothed_confidence_stays_calibrated(reference_run):
@@ -501,7 +508,15 @@ def test_bad_inputs_exit_2(tmp_path, model_dir, series_tif, capsys):
     assert _exit_code([str(series_tif), str(series_tif), "-o", out, *model]) == 2
     np.save(tmp_path / "raw.npy", np.zeros((2, 16, 16), np.float32))  # no calibration
     assert _exit_code([str(tmp_path / "raw.npy"), "-o", out, *model]) == 2
+    # frames too small for the network: refused before any file is written (no .partial
+    # left behind either)
+    np.save(tmp_path / "tiny.npy", np.ones((2, 4, 16), np.float32))
+    capsys.readouterr()
+    assert _exit_code([str(tmp_path / "tiny.npy"), "--pixel-size", "0.2", "-o", out,
+                       *model]) == 2
+    assert "px a side" in capsys.readouterr().err
     assert not (tmp_path / "o.h5").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tif", "raw.npy", "tiny.npy"]
     with pytest.raises(UserError, match="unknown model"):
         predict_main([str(series_tif), "-o", out, "--model", "no-such-model"])
 

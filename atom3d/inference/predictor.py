@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atom3d.argtypes import TTA_PASSES
 from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
 from atom3d.inference.columns import ColumnTable, find_columns_from
@@ -106,8 +107,6 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 #: ``(transpose, flipped axes)`` of each pass, in order; ``tta=N`` runs the first N.
 TTA_TRANSFORMS: tuple[tuple[bool, tuple[int, ...]], ...] = (
     tuple((False, dims) for dims in TTA_FLIPS) + tuple((True, dims) for dims in TTA_FLIPS))
-#: Allowed numbers of passes.
-TTA_PASSES = (1, 4, 8)
 
 
 def tta_passes(tta: bool | int) -> int:
@@ -418,12 +417,17 @@ class Predictor:
 
     def model_grid(self, frame: np.ndarray, pixel_size_A: float) -> np.ndarray:
         """A frame resampled to the model pixel size and normalised (training's preprocessing)."""
-        image = resample(frame, pixel_size_A, self.pixel_size_A, order=1)
-        if min(image.shape) < MIN_SIDE_PX:
+        self.check_frame_shape(frame.shape, pixel_size_A)
+        return normalize(resample(frame, pixel_size_A, self.pixel_size_A, order=1))
+
+    def check_frame_shape(self, shape: tuple[int, ...], pixel_size_A: float) -> None:
+        """Raise :class:`UserError` if frames of ``shape`` at ``pixel_size_A`` [Å/px] are
+        too small for the network (fewer than ``MIN_SIDE_PX`` px a side on its grid)."""
+        grid = self.model_grid_shape(tuple(shape), pixel_size_A)
+        if min(grid) < MIN_SIDE_PX:
             raise UserError(
-                f"frame of {frame.shape} px at {pixel_size_A:g} Å/px is only {image.shape} px "
+                f"frame of {tuple(shape)} px at {pixel_size_A:g} Å/px is only {grid} px "
                 f"at the model's {self.pixel_size_A:g} Å/px (need >= {MIN_SIDE_PX} px a side)")
-        return normalize(image)
 
     def predict(self, frame: np.ndarray, pixel_size_A: float) -> FramePrediction:
         """Predict one frame (see :meth:`predict_many`)."""

@@ -608,6 +608,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_min_step": CHANGEPOINT_MIN_STEP,
     }
     k_max = max(predictor.classes.values())
+    predictor.check_frame_shape(tuple(series.shape), float(series.pixel_size_A))  # before any file
     out.parent.mkdir(parents=True, exist_ok=True)
     n = int(series.n_frames)
     with ResultsWriter(out, shape=tuple(series.shape), n_frames=n, attrs=attrs,
@@ -684,9 +685,10 @@ def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
 
 def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
     """The results-file attributes that say which network ran and how (weights, passes,
-    calibration): a file with other values is another run (see :func:`_complete_matches`
-    and the resume check of :class:`~atom3d.io.results.ResultsWriter`)."""
-    return {
+    calibration; the keys are :data:`~atom3d.io.results.NETWORK_ATTRS`): a file with other
+    values is another run (see :func:`_complete_matches` and the resume check of
+    :class:`~atom3d.io.results.ResultsWriter`)."""
+    attrs = {
         "model_sha256": predictor.artifact.weights_sha256,
         "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
         "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
@@ -694,6 +696,7 @@ def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
         "calibration_passes": int(predictor.artifact.calibration_passes),
         "calibration_sha256": predictor.artifact.calibration_sha256,
     }
+    return attrs
 
 
 def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool:

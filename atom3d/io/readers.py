@@ -696,7 +696,8 @@ def _pick_format(path: Path) -> _Format:
     suffix = path.suffix.lower()
     if suffix not in _FORMATS:
         known = " ".join(sorted(_FORMATS))
-        raise InputFileError(f"{path}: unknown file extension {suffix!r} (supported: {known})")
+        raise InputFileError(f"{path}: unknown file extension {suffix!r} (supported: {known}, "
+                             "and zarr directories)")
     fmt = _FORMATS[suffix]
     kind = _sniff(path)
     if kind is not None and kind != fmt.magic:
@@ -711,7 +712,13 @@ def _read_dm(path: Path) -> _Raw:
     """Read a Gatan DigitalMicrograph DM3/DM4 file with RosettaSciIO."""
     from rsciio import digitalmicrograph
 
-    signals = digitalmicrograph.file_reader(str(path), lazy=True)
+    try:
+        signals = digitalmicrograph.file_reader(str(path), lazy=True)
+    except ValueError as exc:  # rsciio reads RGB(A) images only eagerly
+        if "RGB" in str(exc):
+            raise InputFileError(f"{path}: holds a colour (RGB) image; convert it to a "
+                                 "greyscale intensity image") from exc
+        raise
     return _from_rsciio(path, signals, path.suffix.lower().lstrip("."))
 
 

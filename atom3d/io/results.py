@@ -157,8 +157,11 @@ _MAP_UNITS = {"depth": "atoms", "confidence": "probability"}
 
 _REQUIRED_ATTRS = ("source", "source_sha256", "model", "model_sha256", "pixel_size_A")
 _RESERVED_ATTRS = ("format", "format_version", "created", "complete")
-_RESUME_KEYS = ("source_sha256", "model_sha256", "pixel_size_A",
-                "test_time_augmentation", "tta_passes", "calibration_sha256")
+#: Root attributes that say which network ran and how (weights, passes, calibration);
+#: ``atom3d.inference.series`` writes exactly these for a run.
+NETWORK_ATTRS = ("model_sha256", "test_time_augmentation", "tta_passes",
+                 "calibration_passes", "calibration_sha256")
+_RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS)
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
