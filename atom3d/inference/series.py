@@ -688,7 +688,7 @@ def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
     calibration; the keys are :data:`~atom3d.io.results.NETWORK_ATTRS`): a file with other
     values is another run (see :func:`_complete_matches` and the resume check of
     :class:`~atom3d.io.results.ResultsWriter`)."""
-    attrs = {
+    return {
         "model_sha256": predictor.artifact.weights_sha256,
         "test_time_augmentation": int(predictor.tta),  # 1: several passes averaged
         "tta_passes": int(predictor.tta_passes),  # network passes per frame: 1, 4 or 8
@@ -696,7 +696,6 @@ def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
         "calibration_passes": int(predictor.artifact.calibration_passes),
         "calibration_sha256": predictor.artifact.calibration_sha256,
     }
-    return attrs
 
 
 def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool:
