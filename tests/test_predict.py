@@ -673,12 +673,14 @@ def test_demo_refuses_missing_default_model(tmp_path):
 # --------------------------------------------------------------------------- streaming post-processing
 
 
-def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape, smoothing):
+def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape, smoothing,
+                            images=None):
     """Post-processing of DESIGN's first version: the whole column table in memory."""
     from atom3d.inference.tracking import (
         changepoint_track_depths,
         detect_events,
         link_tracks,
+        ring_means,
         smooth_track_depths,
     )
 
@@ -701,13 +703,30 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
         all_ids = np.concatenate(ids)
         next_id = int(all_ids.max()) + 1 if all_ids.size else next_id
         probs = [series_mod._depth_posteriors(cols, r, classes[species]) for r in per_frame]
+        rings = None
+        if smoothing == "changepoint" and images is not None and species == "Ce":
+            # each track's mean drift-corrected position, summed in frame order
+            seen = {}
+            for t, (r, t_ids) in enumerate(zip(per_frame, ids, strict=True)):
+                for i, x, y in zip(t_ids, cols["x"][r], cols["y"][r], strict=True):
+                    sx, sy, n = seen.get(int(i), (0.0, 0.0, 0))
+                    seen[int(i)] = (sx + (x - link_drift[t, 0]), sy + (y - link_drift[t, 1]),
+                                    n + 1)
+            rings = []
+            for t, t_ids in enumerate(ids):
+                ref = np.array([[seen[int(i)][0] / seen[int(i)][2],
+                                 seen[int(i)][1] / seen[int(i)][2]] for i in t_ids]).reshape(-1, 2)
+                rings.append(ring_means(images[t], ref[:, 0] + link_drift[t, 0],
+                                        ref[:, 1] + link_drift[t, 1], pixel_size_A))
         if smoothing == "hmm":
             d_list, c_list = smooth_track_depths(ids, probs, switch_prob=series_mod.SWITCH_PROB,
                                                  max_step=series_mod.MAX_STEP, first_depth=1)
         else:
             d_list, c_list = changepoint_track_depths(
                 ids, probs, series_mod.CHANGEPOINT_PENALTY,
-                min_step=series_mod.CHANGEPOINT_MIN_STEP)
+                min_step=series_mod.CHANGEPOINT_MIN_STEP, rings=rings,
+                ring_penalty=series_mod.CHANGEPOINT_RING_PENALTY,
+                ring_min_step=series_mod.CHANGEPOINT_RING_MIN_STEP)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d
@@ -717,9 +736,10 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
     return drift, track, depth, events
 
 
-@pytest.mark.parametrize("smoothing", ["changepoint", "hmm"])
+@pytest.mark.parametrize("smoothing", ["changepoint", "changepoint-levels", "hmm"])
 def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
-    """The frame-by-frame post-processing gives what the whole-table version gives."""
+    """The frame-by-frame post-processing gives what the whole-table version gives
+    (``changepoint``: with the frames, so that Ce tracks are cut on the image rings)."""
     rng = np.random.default_rng(5)
     n_frames, k, shape, p = 14, 6, (80, 80), 0.2
     base_ce = rng.uniform(1, 15, (40, 2))
@@ -728,6 +748,8 @@ def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
     attrs = {"source": "x", "source_sha256": "a" * 64, "model": "m",
              "model_sha256": "b" * 64, "pixel_size_A": p}
     zeros = np.zeros(shape)
+    rr, cc = np.mgrid[:shape[0], :shape[1]] * p
+    images = []
     with ResultsWriter(tmp_path / "s.h5", shape=shape, n_frames=n_frames, attrs=attrs) as w:
         for t in range(n_frames):
             shift = 0.05 * t
@@ -735,6 +757,10 @@ def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
             keep_o = rng.random(50) > 0.3
             if t == 9:
                 truth_ce[:5] -= 1  # cations leave
+            clean = np.ones(shape)
+            for (x, y), depth in zip(base_ce + shift, truth_ce, strict=True):
+                clean += 0.1 * depth * np.exp(-((cc - x) ** 2 + (rr - y) ** 2) / 0.18)
+            images.append(rng.poisson(400 * clean).astype(np.float32))
             xy = np.concatenate([base_ce[keep_ce], base_o[keep_o]]) + shift
             xy += rng.normal(0, 0.05, xy.shape)
             n_ce, n = int(keep_ce.sum()), len(xy)
@@ -751,8 +777,9 @@ def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
             w.write_frame(t, ce_depth=zeros, ce_confidence=zeros, o_depth=zeros,
                           o_confidence=zeros, columns=cols, frame_row={"valid": t != 4})
         reference = _whole_series_reference(w.read_columns(), w.read_frames(), n_frames,
-                                            {"Ce": k, "O": k}, p, shape, smoothing)
-        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smoothing)
+                                            {"Ce": k, "O": k}, p, shape, smoothing, images)
+        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smoothing,
+                                       image=images.__getitem__)
         w.finalize()
     drift, track, depth, events = reference
     r = read_results(tmp_path / "s.h5", load_maps=False)

@@ -17,7 +17,10 @@ from atom3d.inference.tracking import (
     estimate_drift,
     level_noise,
     link_tracks,
+    packed_ring_noise,
+    ring_means,
     segment_starts,
+    segment_starts_rings,
     segment_track,
     smooth_depths,
     smooth_track_depths,
@@ -320,6 +323,87 @@ def test_changepoint_sees_a_shift_the_most_probable_depth_hides():
     # a larger penalty keeps the column steady
     depths, _ = changepoint_track_depths(track_ids, probs, penalty=2000.0, noise=0.04)
     assert {int(d[0]) for d in depths} == {7}
+
+
+def test_ring_means_geometry():
+    """Rings around a point, pixel (r, c) at x = c·p, y = r·p; relative to the frame mean."""
+    p = 0.2
+    rr, cc = np.mgrid[:60, :60] * p
+    frame = 1.0 + 4.0 * np.exp(-((cc - 5.0) ** 2 + (rr - 3.0) ** 2) / 0.1)  # blob at x 5, y 3
+    rings = ring_means(frame, [5.0, 3.0, -5.0], [3.0, 5.0, 3.0], p)
+    assert rings.shape == (3, 5) and rings.dtype == np.float32
+    assert np.all(np.diff(rings[0]) < 0)  # falls off from the blob's centre outwards
+    np.testing.assert_allclose(rings[1], 1.0 / frame.mean(), rtol=1e-5)  # x and y not swapped
+    assert np.all(np.isnan(rings[2]))  # outside the frame
+    # exposure drops out: a frame 3x brighter gives the same rings
+    np.testing.assert_allclose(ring_means(3 * frame, [5.0], [3.0], p), rings[:1], rtol=1e-5)
+    # a frame with no positive mean is standardised instead of divided by ~0
+    assert np.all(np.isfinite(ring_means(frame - frame.mean(), [5.0], [3.0], p)))
+
+
+def test_ring_change_points_and_noise():
+    rng = np.random.default_rng(3)
+    steady = rng.normal(0, 0.3, (12, 5))
+    stepped = steady.copy()
+    stepped[7:, 1] += 2.5  # one ring changes after frame 6
+    threshold = 4.0 * np.log(12)
+    assert segment_starts_rings(steady, threshold) == []
+    assert segment_starts_rings(stepped, threshold) == [7]
+    with_nan = stepped.copy()
+    with_nan[2, :] = np.nan  # a frame where the rings left the field: no evidence
+    assert segment_starts_rings(with_nan, threshold) == [7]
+    # the drop is summed over the rings: the same step spread over all five is found
+    # at a threshold that one ring's share alone would not pass
+    spread = steady.copy()
+    spread[7:] += 2.5 / np.sqrt(5)
+    assert segment_starts_rings(spread, threshold) == [7]
+    assert segment_starts_rings(spread[:, :1], threshold) == []
+    # pure noise of unit σ splits now and then (a χ² with 5 degrees of freedom, maximised
+    # over the positions): the E[k] step that segment_track asks for filters those
+    noise = np.random.default_rng(0).normal(0, 1, (2000, 12, 5))
+    split = np.mean([bool(segment_starts_rings(x, threshold)) for x in noise])
+    assert 0.2 < split < 0.7
+    # noise per ring, robust to the step, not measured across two tracks
+    long = rng.normal(0, 0.3, (200, 5))
+    long[100:, 1] += 2.5
+    sigma = packed_ring_noise(np.concatenate([long, long + 100.0]), np.array([0, 200, 400]))
+    np.testing.assert_allclose(sigma, 0.3, rtol=0.15)
+    assert packed_ring_noise(stepped[:3], np.array([0, 3])) is None  # too few differences
+
+
+def test_changepoint_cuts_ce_tracks_where_the_image_changes():
+    """A lost atom moves E[k] by only 0.3 (below the 0.4-atom level step) but changes the
+    image around the column: with the rings it is reported, without them it is not."""
+    n_states, n_frames, n_tracks = 10, 12, 30
+    rng = np.random.default_rng(8)
+    track_ids = [np.arange(n_tracks) for _ in range(n_frames)]
+    probs, rings = [], []
+    for t in range(n_frames):
+        rows = []
+        for track in range(n_tracks):
+            centre = 6.0 - (0.3 if track == 0 and t >= 6 else 0.0) + rng.normal(0, 0.03)
+            q = np.full(n_states, 1e-3)
+            lo = int(np.floor(centre))
+            q[lo - 1] += 1 - (centre - lo)
+            q[lo] += centre - lo
+            rows.append(q / q.sum())
+        probs.append(np.array(rows))
+        r = rng.normal(0, 0.01, (n_tracks, 5))
+        r[0, :2] += 0.06 * (t >= 6)  # the centre brightens by 6 noise widths
+        rings.append(r)
+    levels, _ = changepoint_track_depths(track_ids, probs, penalty=2.4, min_step=0.4)
+    assert {int(d[0]) for d in levels} == {6}
+    depths, _ = changepoint_track_depths(track_ids, probs, penalty=2.4, min_step=0.4,
+                                         rings=rings, ring_penalty=4.0, ring_min_step=0.2)
+    assert [int(d[0]) for d in depths] == [6] * 6 + [5] * 6
+    assert all(len({int(d[j]) for d in depths}) == 1 for j in range(1, n_tracks))
+    # a ring change with no E[k] change behind it (<= 0.2 atom) is not a depth change
+    flat = [p.copy() for p in probs]
+    for t in range(6, n_frames):
+        flat[t][0] = probs[0][0]
+    depths, _ = changepoint_track_depths(track_ids, flat, penalty=2.4, min_step=0.4,
+                                         rings=rings, ring_penalty=4.0, ring_min_step=0.2)
+    assert {int(d[0]) for d in depths} == {6}
 
 
 def test_changepoint_keeps_untracked_and_clips_at_the_range():

@@ -59,10 +59,14 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.h5.partial (same input and "
                         "model); a complete OUT.h5 for the same input and model is kept")
-    p.add_argument("--smoothing", choices=("changepoint", "hmm", "none"), default="changepoint",
+    p.add_argument("--smoothing", choices=("changepoint", "changepoint-levels", "hmm", "none"),
+                   default="changepoint",
                    help="depth smoothing along column tracks of a series: 'changepoint' "
                         "(default: constant depth between the changes that shot noise "
-                        "cannot explain), 'hmm' (hidden Markov model) or 'none'")
+                        "cannot explain; Ce columns are cut where the image around them "
+                        "changes, within 1.5 Å), 'changepoint-levels' (every column cut "
+                        "where its expected depth changes, the rule before session 12), "
+                        "'hmm' (hidden Markov model) or 'none'")
     p.add_argument("--no-smooth", action="store_true",
                    help="keep frame-by-frame column depths (same as --smoothing none)")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",

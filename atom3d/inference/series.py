@@ -86,11 +86,13 @@ from atom3d.inference.options import (  # noqa: F401 - re-exported
 )
 from atom3d.inference.predictor import FramePrediction, PendingBatch, Predictor
 from atom3d.inference.tracking import (
+    RING_EDGES_A,
     TrackLinker,
     TrackPacker,
     ViterbiBackward,
     ViterbiForward,
     cumulative_drift,
+    ring_means,
     segment_packed,
 )
 from atom3d.io.results import ResultsWriter, partial_path, read_results, sha256_file
@@ -120,8 +122,10 @@ SURFACE_MIN_NEIGHBOURS = 6
 #: Tracking: largest drift-corrected step of one column between frames [Å].
 LINK_MAX_DIST_A = {"Ce": 1.2, "O": 0.8}
 LINK_MAX_GAP = 2
-#: Depth smoothing along tracks: ``changepoint`` (default), ``hmm`` or ``none``.
-SMOOTHING_METHODS = ("changepoint", "hmm", "none")
+#: Depth smoothing along tracks: ``changepoint`` (default; Ce tracks cut on the image
+#: rings, O tracks on E[k]), ``changepoint-levels`` (every track cut on E[k], the rule of
+#: sessions 7-11), ``hmm`` or ``none``.
+SMOOTHING_METHODS = ("changepoint", "changepoint-levels", "hmm", "none")
 #: Change-point smoothing (:func:`~atom3d.inference.tracking.changepoint_depths`):
 #: threshold ``CHANGEPOINT_PENALTY · σ² · ln L`` on the drop of squared error of a split
 #: (2 would be the Schwarz criterion). Chosen in session 7 from 1.6 / 2.0 / 2.4 / 2.8 as
@@ -142,6 +146,19 @@ CHANGEPOINT_PENALTY = 2.4
 #: without it; with one pass it leaves the changes at 1000 e/Å² as they were (163/259)
 #: and lowers the flicker at 3000 e/Å² from <= 6.1 to <= 4.9 %.
 CHANGEPOINT_MIN_STEP = 0.4
+#: Change points of Ce tracks from the image (``changepoint``, session 12): the frame's
+#: mean intensity in the rings ``RING_EDGES_A`` [Å] around the track's position (its mean
+#: drift-corrected position plus the frame's drift), each ring in units of its
+#: frame-to-frame noise over the series, cut by binary segmentation at a drop of squared
+#: error of ``CHANGEPOINT_RING_PENALTY · ln L``; a cut is kept where the mean E[k] of the two
+#: sides differs by at least ``CHANGEPOINT_RING_MIN_STEP`` [atoms]. An ideal observer sees a
+#: lost surface Ce atom with d' 4-8 per frame at 1000 e/Å², while it moves E[k] by only about
+#: 2σ. Chosen on the demo series seeds 0 and 2 (1000 e/Å², 8 passes) by session 7's rule
+#: (the smallest penalty with every tuning series <= 4 % flicker): 54/64 changes at 2.4 %
+#: flicker (E[k] alone: 40/64 at 2.1 %); held out, seeds 3-4: 54/64 at 4.4 % (39/64 at 3.5 %).
+#: See report/change_detection_s12/.
+CHANGEPOINT_RING_PENALTY = 4.0
+CHANGEPOINT_RING_MIN_STEP = 0.2
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
@@ -358,10 +375,33 @@ def _depth_posteriors(cols: dict[str, np.ndarray], idx: np.ndarray, k: int) -> n
     return np.where(total > 0, p / np.maximum(total, 1e-300), 1.0 / k)
 
 
+class _TrackMeans:
+    """Running mean of the drift-corrected position [Å] of every track id."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros((0, 2))
+        self.counts = np.zeros(0)
+
+    def add(self, ids: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        if not ids.size:
+            return
+        if ids.max() >= len(self.counts):
+            n = max(int(ids.max()) + 1, 2 * len(self.counts))
+            self.sums = np.concatenate([self.sums, np.zeros((n - len(self.sums), 2))])
+            self.counts = np.concatenate([self.counts, np.zeros(n - len(self.counts))])
+        np.add.at(self.sums, ids, np.column_stack([x, y]))
+        np.add.at(self.counts, ids, 1.0)
+
+    def mean(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        return self.sums[ids] / self.counts[ids][:, None]
+
+
 def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: float,
                 smoothing: str = "changepoint",
-                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None
-                ) -> dict[str, Any]:
+                map_confidence: Callable[[str, np.ndarray], np.ndarray] | None = None,
+                image: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
     """Drift, tracks, depth smoothing, events and frame summaries of a fully written series.
 
     Everything is computed from the rows stored in the (partial) results file, so that a
@@ -387,7 +427,12 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     Its confidence is the frame's calibrated ``confidence_frame`` where
     the smoothed depth is the frame's own most probable one, else the frame's probability
     of the smoothed depth through ``map_confidence(species, p)`` (the model's confidence
-    map; identity if None). ``"none"`` keeps the frame-by-frame depths.
+    map; identity if None). With ``image`` (frame index → the input frame, on the grid of
+    ``pixel_size_A``) the Ce tracks are cut on the image instead
+    (:func:`~atom3d.inference.tracking.ring_means` at each detection's track position, one
+    more pass over the input frames, 20 bytes per Ce detection; ``CHANGEPOINT_RING_*``).
+    ``"changepoint-levels"`` cuts every track on E[k]; ``"none"`` keeps the
+    frame-by-frame depths.
 
     Returns
     -------
@@ -404,6 +449,9 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     bounds = writer.column_frame_bounds()
     if n_frames < 2:
         smoothing = "none"
+    changepoints = smoothing.startswith("changepoint")
+    use_rings = smoothing == "changepoint" and image is not None
+    track_means = _TrackMeans()  # Ce: where the rings are read
     k_max = max(classes.values())
     p_fields = [f"p_depth_{j + 1}" for j in range(k_max)]
 
@@ -444,13 +492,16 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
             for species in _SPECIES:
                 sel = r["species"] == species
                 ids = linkers[species].step(r["x"][sel], r["y"][sel], link_drift[t])
+                if use_rings and species == "Ce":
+                    track_means.add(ids, r["x"][sel] - link_drift[t, 0],
+                                    r["y"][sel] - link_drift[t, 1])
                 posterior = _depth_posteriors(r, sel, classes[species])
                 out = np.empty(len(ids), records[species])
                 out["id"] = ids
                 out["best"], out["first"], out["chain"] = forwards[species].step(ids, posterior)
                 out["level"] = posterior @ np.arange(1, classes[species] + 1)
                 out["frame_depth"] = np.argmax(posterior, axis=1) + 1
-                if smoothing == "changepoint":
+                if changepoints:
                     packers[species].count(ids)
                 scratch[species].write(out.tobytes())
                 offsets[species][t + 1] = offsets[species][t] + len(ids)
@@ -465,19 +516,28 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
         # change points: each track's levels packed together (6 bytes per detection),
         # segmented, and read back frame by frame in the backward pass
         changepoint = {}
-        if smoothing == "changepoint":
+        if changepoints:
             for species in _SPECIES:
                 packer = packers[species]
                 levels = np.empty(packer.allocate(), np.float32)
                 frame_depths = np.empty(len(levels), np.uint8)
+                with_rings = use_rings and species == "Ce"
+                rings = (np.full((len(levels), len(RING_EDGES_A) - 1), np.nan, np.float32)
+                         if with_rings else None)
                 for t in range(n_frames):
                     rec = read_records(species, t)
                     pos = packer.positions(rec["id"])
                     levels[pos], frame_depths[pos] = rec["level"], rec["frame_depth"]
+                    if with_rings and len(rec):
+                        centre = track_means.mean(rec["id"]) + link_drift[t]
+                        rings[pos] = ring_means(image(t), centre[:, 0], centre[:, 1],
+                                                pixel_size_A)
                 changepoint[species] = segment_packed(
                     levels, frame_depths, packer, 1, classes[species], CHANGEPOINT_PENALTY,
-                    default_noise=DEFAULT_LEVEL_NOISE, min_step=CHANGEPOINT_MIN_STEP)
-                del levels, frame_depths
+                    default_noise=DEFAULT_LEVEL_NOISE, min_step=CHANGEPOINT_MIN_STEP,
+                    rings=rings, ring_penalty=CHANGEPOINT_RING_PENALTY,
+                    ring_min_step=CHANGEPOINT_RING_MIN_STEP)
+                del levels, frame_depths, rings
                 packer.rewind()
 
         # backward: smoothed depths, events, per-frame atom counts
@@ -498,7 +558,7 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                 rec = read_records(species, t)
                 ids = rec["id"].astype(np.int64) + first_id[species]
                 posterior = _depth_posteriors(r, sel, classes[species])
-                if smoothing == "changepoint":
+                if changepoints:
                     d = changepoint[species][packers[species].positions_reverse(rec["id"])]
                     p = posterior[np.arange(len(posterior)), d.astype(np.int64) - 1]
                     if map_confidence is not None:
@@ -606,6 +666,9 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "depth_smoothing": smoothing if series.n_frames > 1 else "none",
         "changepoint_penalty": CHANGEPOINT_PENALTY,
         "changepoint_min_step": CHANGEPOINT_MIN_STEP,
+        "changepoint_ring_edges_A": np.asarray(RING_EDGES_A, np.float64),
+        "changepoint_ring_penalty": CHANGEPOINT_RING_PENALTY,
+        "changepoint_ring_min_step": CHANGEPOINT_RING_MIN_STEP,
     }
     k_max = max(predictor.classes.values())
     predictor.check_frame_shape(tuple(series.shape), float(series.pixel_size_A))  # before any file
@@ -664,7 +727,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         finally:
             bar.close()
         stats = postprocess(writer, predictor.classes, float(series.pixel_size_A), smoothing,
-                            predictor.artifact.map_confidence)
+                            predictor.artifact.map_confidence, image=series.frame)
         frames_table = writer.read_frames()
         n_columns = writer.n_columns
         writer.finalize()

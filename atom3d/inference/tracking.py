@@ -538,6 +538,9 @@ def smooth_track_depths(
 MIN_NOISE_SAMPLES = 20
 #: Floor of the level noise (identical frames would otherwise split on any rounding).
 MIN_LEVEL_NOISE = 0.05
+#: Rings around a Ce column [Å] whose mean intensities over time the column's change
+#: points are cut on (:func:`ring_means`, :func:`segment_track`; session 12).
+RING_EDGES_A = (0.0, 0.3, 0.6, 0.9, 1.2, 1.5)
 
 
 def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) -> list[int]:
@@ -571,6 +574,84 @@ def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) 
             out.append(lo + j + 1)
             stack += [(lo, lo + j + 1), (lo + j + 1, hi)]
     return sorted(out)
+
+
+def segment_starts_rings(values: np.ndarray, threshold: float) -> list[int]:
+    """Change points of a piecewise-constant fit of a vector sequence ``values`` (L, B).
+
+    :func:`segment_starts` with the drop of squared error summed over the B components
+    (each in units of its noise σ, so the drop of a split without a change is about
+    χ² with B degrees of freedom); NaN entries count as the sequence mean of their
+    component (no evidence).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    finite = np.isfinite(x)
+    if not finite.all():
+        fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
+                         for j in range(x.shape[1])])
+        x = np.where(finite, x, fill[None, :])
+    out: list[int] = []
+    stack = [(0, len(x))]
+    while stack:
+        lo, hi = stack.pop()
+        n = hi - lo
+        if n < 2:
+            continue
+        left = np.cumsum(x[lo:hi] - x[lo:hi].mean(axis=0), axis=0)[:-1]
+        k = np.arange(1, n, dtype=np.float64)[:, None]
+        gain = (left ** 2 * n / (k * (n - k))).sum(axis=1)
+        j = int(np.argmax(gain))
+        if gain[j] > threshold:
+            out.append(lo + j + 1)
+            stack += [(lo, lo + j + 1), (lo + j + 1, hi)]
+    return sorted(out)
+
+
+def ring_means(frame: np.ndarray, x_A: np.ndarray, y_A: np.ndarray, pixel_size_A: float,
+               edges_A: Sequence[float] = RING_EDGES_A) -> np.ndarray:
+    """Mean intensity of ``frame`` in rings around points, relative to the frame's mean.
+
+    Pixel (r, c) is at x = c·p, y = r·p [Å]; a pixel belongs to ring i when its centre is
+    ``edges_A[i] <= distance < edges_A[i + 1]`` from the point. The frame is divided by
+    its mean (by its standard deviation, after subtracting the mean, if the mean is not
+    positive), so that a change of exposure between frames is not a change of a column.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, len(edges_A) - 1)`` float32; NaN for rings with no pixel inside the frame.
+    """
+    frame = np.asarray(frame, dtype=np.float32)
+    x = np.asarray(x_A, np.float64).reshape(-1)
+    y = np.asarray(y_A, np.float64).reshape(-1)
+    edges = np.asarray(edges_A, np.float64)
+    n, n_rings = len(x), len(edges) - 1
+    out = np.full((n, n_rings), np.nan, np.float32)
+    if n == 0 or frame.size == 0:
+        return out
+    mean = float(frame.mean(dtype=np.float64))
+    if mean > 0:
+        offset, scale = 0.0, mean
+    else:
+        offset, scale = mean, float(frame.std(dtype=np.float64)) or 1.0
+    p = float(pixel_size_A)
+    half = int(np.ceil(edges[-1] / p)) + 1
+    off = np.arange(-half, half + 1)
+    h, w = frame.shape
+    rr = np.floor(y / p).astype(np.int64)[:, None, None] + off[None, :, None]
+    cc = np.floor(x / p).astype(np.int64)[:, None, None] + off[None, None, :]
+    dist = np.hypot(cc * p - x[:, None, None], rr * p - y[:, None, None])
+    ring = np.searchsorted(edges, dist, side="right") - 1
+    ok = (ring >= 0) & (ring < n_rings) & (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    values = frame[np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)].astype(np.float64)
+    index = (np.arange(n)[:, None, None] * n_rings + ring)[ok]
+    sums = np.bincount(index, weights=values[ok], minlength=n * n_rings)
+    counts = np.bincount(index, minlength=n * n_rings)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (sums / counts - offset) / scale
+    out[:] = np.where(counts > 0, means, np.nan).reshape(n, n_rings)
+    return out
 
 
 class TrackPacker:
@@ -656,6 +737,31 @@ def packed_level_noise(levels: np.ndarray, offsets: np.ndarray, default: float) 
     return max(1.4826 * float(np.median(diffs)) / np.sqrt(2.0), MIN_LEVEL_NOISE)
 
 
+def packed_ring_noise(rings: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    """Frame-to-frame noise σ of each ring's mean intensity, packed track by track.
+
+    Per ring, ``1.4826 · median |Δ| / √2`` over the finite differences between
+    consecutive detections of every track (as :func:`packed_level_noise`); None when a
+    ring has fewer than ``MIN_NOISE_SAMPLES`` of them or no noise (the rings are then
+    not used).
+    """
+    rings = np.asarray(rings, np.float32)
+    if rings.ndim != 2 or len(rings) < 2:
+        return None
+    diffs = np.abs(np.diff(rings, axis=0))
+    inside = np.ones(len(diffs), bool)
+    ends = np.asarray(offsets, np.int64)[1:-1] - 1
+    inside[ends[(ends >= 0) & (ends < len(diffs))]] = False
+    diffs = diffs[inside]
+    sigma = np.empty(rings.shape[1])
+    for j in range(rings.shape[1]):
+        d = diffs[:, j][np.isfinite(diffs[:, j])]
+        if len(d) < MIN_NOISE_SAMPLES:
+            return None
+        sigma[j] = 1.4826 * float(np.median(d)) / np.sqrt(2.0)
+    return sigma if np.all(sigma > 0) else None
+
+
 def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
                 default: float) -> float:
     """:func:`packed_level_noise` of per-frame track ids and levels."""
@@ -664,11 +770,26 @@ def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
 
 
 def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float,
-                  lowest: int, highest: int, min_step: float = 0.0) -> np.ndarray:
-    """Depths of one track from its levels (see :func:`changepoint_depths`)."""
+                  lowest: int, highest: int, min_step: float = 0.0,
+                  rings: np.ndarray | None = None, ring_threshold: float = 0.0,
+                  ring_min_step: float = 0.0) -> np.ndarray:
+    """Depths of one track from its levels (see :func:`changepoint_depths`).
+
+    With ``rings`` ((L, B), each ring in units of its noise σ) the change points are
+    those of the rings (:func:`segment_starts_rings`, ``ring_threshold``) at which the
+    mean level of the two neighbouring segments differs by at least ``ring_min_step``;
+    ``threshold`` and ``min_step`` are then not used.
+    """
     e = np.asarray(levels, np.float64)
     d0 = np.asarray(frame_depths, np.float64)
-    bounds = [0, *segment_starts(e, threshold, min_step), len(e)]
+    if rings is None:
+        starts = segment_starts(e, threshold, min_step)
+    else:
+        found = segment_starts_rings(rings, ring_threshold)
+        edges = [0, *found, len(e)]
+        starts = [st for i, st in enumerate(found)
+                  if abs(e[st:edges[i + 2]].mean() - e[edges[i]:st].mean()) >= ring_min_step]
+    bounds = [0, *starts, len(e)]
     out = np.empty(len(e), np.int64)
     prev_d = prev_m = None
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -685,15 +806,26 @@ def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float
 def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPacker,
                    lowest: int, highest: int, penalty: float = 2.0,
                    noise: float | None = None, default_noise: float = 0.25,
-                   min_step: float = 0.0) -> np.ndarray:
-    """:func:`segment_track` for every track of packed arrays; uint8 depths, packed."""
+                   min_step: float = 0.0, rings: np.ndarray | None = None,
+                   ring_penalty: float = 4.0, ring_min_step: float = 0.2) -> np.ndarray:
+    """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
+
+    ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
+    noise (:func:`packed_ring_noise`) and cut with the threshold ``ring_penalty · ln L``;
+    where that noise cannot be measured the levels are used.
+    """
     sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
+    ring_sigma = packed_ring_noise(rings, packer.offsets) if rings is not None else None
+    scaled = (np.asarray(rings, np.float64) / ring_sigma[None, :]
+              if ring_sigma is not None else None)
     out = np.empty(len(levels), np.uint8)
     for a, b in packer.tracks():
         threshold = penalty * sigma ** 2 * np.log(max(b - a, 2))
-        out[a:b] = segment_track(levels[a:b], frame_depths[a:b], threshold, lowest, highest,
-                                 min_step)
+        out[a:b] = segment_track(
+            levels[a:b], frame_depths[a:b], threshold, lowest, highest, min_step,
+            rings=None if scaled is None else scaled[a:b],
+            ring_threshold=ring_penalty * np.log(max(b - a, 2)), ring_min_step=ring_min_step)
     return out
 
 
@@ -723,6 +855,9 @@ def changepoint_depths(
     noise: float | None = None,
     default_noise: float = 0.25,
     min_step: float = 0.0,
+    rings: Sequence[np.ndarray] | None = None,
+    ring_penalty: float = 4.0,
+    ring_min_step: float = 0.2,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -752,6 +887,10 @@ def changepoint_depths(
         Per frame, most probable depth of each detection [atoms].
     lowest, highest : int
         Depth range of the states [atoms], within 0..255.
+    rings : sequence of numpy.ndarray, optional
+        Per frame, ``(N_t, B)`` ring means of each detection (:func:`ring_means` at the
+        track's position): the change points are then cut on them
+        (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``).
 
     Returns
     -------
@@ -761,8 +900,20 @@ def changepoint_depths(
     if not len(track_ids) == len(levels) == len(frame_depths):
         raise ValueError("track_ids, levels and frame_depths must have one entry per frame")
     packer, (e, d0) = _pack(track_ids, [levels, frame_depths], [np.float32, np.uint8])
+    packed_rings = None
+    if rings is not None:
+        if len(rings) != len(track_ids):
+            raise ValueError("rings must have one entry per frame")
+        n_rings = next((np.shape(r)[1] for r in rings if np.ndim(r) == 2), 1)
+        packed_rings = np.full((len(e), n_rings), np.nan, np.float32)
+        packer.restart()
+        for ids, ring in zip(track_ids, rings, strict=True):
+            pos = packer.positions(ids)
+            m = pos >= 0
+            packed_rings[pos[m]] = np.asarray(ring, np.float32).reshape(len(pos), n_rings)[m]
     packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise,
-                            min_step)
+                            min_step, rings=packed_rings, ring_penalty=ring_penalty,
+                            ring_min_step=ring_min_step)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -780,6 +931,9 @@ def changepoint_track_depths(
     first_depth: int = 1,
     noise: float | None = None,
     min_step: float = 0.0,
+    rings: Sequence[np.ndarray] | None = None,
+    ring_penalty: float = 4.0,
+    ring_min_step: float = 0.2,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -796,7 +950,8 @@ def changepoint_track_depths(
     frame_depths = [np.argmax(p, axis=1) + first_depth for p in probs]
     depths = changepoint_depths(track_ids, levels, frame_depths, first_depth,
                                 first_depth + n_states - 1, penalty, noise,
-                                min_step=min_step)
+                                min_step=min_step, rings=rings, ring_penalty=ring_penalty,
+                                ring_min_step=ring_min_step)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences
