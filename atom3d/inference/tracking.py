@@ -807,7 +807,7 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
                    lowest: int, highest: int, penalty: float = 2.0,
                    noise: float | None = None, default_noise: float = 0.25,
                    min_step: float = 0.0, rings: np.ndarray | None = None,
-                   ring_penalty: float = 4.0, ring_min_step: float = 0.2) -> np.ndarray:
+                   ring_penalty: float = 4.5, ring_min_step: float = 0.2) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
 
     ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
@@ -856,7 +856,7 @@ def changepoint_depths(
     default_noise: float = 0.25,
     min_step: float = 0.0,
     rings: Sequence[np.ndarray] | None = None,
-    ring_penalty: float = 4.0,
+    ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
@@ -932,7 +932,7 @@ def changepoint_track_depths(
     noise: float | None = None,
     min_step: float = 0.0,
     rings: Sequence[np.ndarray] | None = None,
-    ring_penalty: float = 4.0,
+    ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
