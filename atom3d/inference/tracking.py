@@ -541,6 +541,8 @@ MIN_LEVEL_NOISE = 0.05
 #: Rings around a Ce column [Å] whose mean intensities over time the column's change
 #: points are cut on (:func:`ring_means`, :func:`segment_track`; session 12).
 RING_EDGES_A = (0.0, 0.3, 0.6, 0.9, 1.2, 1.5)
+#: Pixels of the column windows :func:`ring_means` gathers at a time (about 40 MB).
+_RING_WINDOW_BUDGET = 1 << 20
 
 
 def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) -> list[int]:
@@ -639,18 +641,25 @@ def ring_means(frame: np.ndarray, x_A: np.ndarray, y_A: np.ndarray, pixel_size_A
     half = int(np.ceil(edges[-1] / p)) + 1
     off = np.arange(-half, half + 1)
     h, w = frame.shape
-    rr = np.floor(y / p).astype(np.int64)[:, None, None] + off[None, :, None]
-    cc = np.floor(x / p).astype(np.int64)[:, None, None] + off[None, None, :]
-    dist = np.hypot(cc * p - x[:, None, None], rr * p - y[:, None, None])
-    ring = np.searchsorted(edges, dist, side="right") - 1
-    ok = (ring >= 0) & (ring < n_rings) & (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    values = frame[np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)].astype(np.float64)
-    index = (np.arange(n)[:, None, None] * n_rings + ring)[ok]
-    sums = np.bincount(index, weights=values[ok], minlength=n * n_rings)
-    counts = np.bincount(index, minlength=n * n_rings)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (sums / counts - offset) / scale
-    out[:] = np.where(counts > 0, means, np.nan).reshape(n, n_rings)
+    edges2 = edges ** 2
+    chunk = max(1, _RING_WINDOW_BUDGET // len(off) ** 2)  # bounded memory for any frame
+    for lo in range(0, n, chunk):
+        xs, ys = x[lo:lo + chunk], y[lo:lo + chunk]
+        m = len(xs)
+        rows = np.floor(ys / p).astype(np.int64)[:, None] + off[None, :]  # (m, W)
+        cols = np.floor(xs / p).astype(np.int64)[:, None] + off[None, :]
+        d2 = (rows * p - ys[:, None])[:, :, None] ** 2 + (cols * p - xs[:, None])[:, None, :] ** 2
+        ring = np.searchsorted(edges2, d2, side="right") - 1  # (m, W, W)
+        inside = (((rows >= 0) & (rows < h))[:, :, None]
+                  & ((cols >= 0) & (cols < w))[:, None, :])
+        ok = (ring >= 0) & (ring < n_rings) & inside
+        values = frame[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
+        index = (np.arange(m)[:, None, None] * n_rings + ring)[ok]
+        sums = np.bincount(index, weights=values[ok], minlength=m * n_rings)
+        counts = np.bincount(index, minlength=m * n_rings)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (sums / counts - offset) / scale
+        out[lo:lo + m] = np.where(counts > 0, means, np.nan).reshape(m, n_rings)
     return out
 
 
