@@ -726,7 +726,8 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
                 ids, probs, series_mod.CHANGEPOINT_PENALTY,
                 min_step=series_mod.CHANGEPOINT_MIN_STEP, rings=rings,
                 ring_penalty=series_mod.CHANGEPOINT_RING_PENALTY,
-                ring_min_step=series_mod.CHANGEPOINT_RING_MIN_STEP)
+                ring_min_step=series_mod.CHANGEPOINT_RING_MIN_STEP,
+                ring_min_step_sigma=series_mod.CHANGEPOINT_RING_MIN_STEP_SIGMA)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d

@@ -397,6 +397,13 @@ def test_changepoint_cuts_ce_tracks_where_the_image_changes():
                                          rings=rings, ring_penalty=4.0, ring_min_step=0.2)
     assert [int(d[0]) for d in depths] == [6] * 6 + [5] * 6
     assert all(len({int(d[j]) for d in depths}) == 1 for j in range(1, n_tracks))
+    # the E[k] step asked of a ring cut can also be set in units of the level noise
+    # (σ ≈ 0.03 here): 5σ ≈ 0.15 atom keeps the change, 20σ ≈ 0.6 atom drops it
+    for k_sigma, expected in ((5.0, {5, 6}), (20.0, {6})):
+        depths, _ = changepoint_track_depths(track_ids, probs, penalty=2.4, min_step=0.4,
+                                             rings=rings, ring_penalty=4.0, ring_min_step=0.2,
+                                             ring_min_step_sigma=k_sigma)
+        assert {int(d[0]) for d in depths} == expected
     # a ring change with no E[k] change behind it (<= 0.2 atom) is not a depth change
     flat = [p.copy() for p in probs]
     for t in range(6, n_frames):

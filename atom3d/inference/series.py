@@ -161,6 +161,12 @@ CHANGEPOINT_MIN_STEP = 0.4
 #: See report/change_detection_s12/.
 CHANGEPOINT_RING_PENALTY = 4.5
 CHANGEPOINT_RING_MIN_STEP = 0.2
+#: ... and by at least this many σ of the series' frame-to-frame E[k] noise (σ is 0.20-0.22
+#: on the demo series at 0.2 Å/px, 0.30-0.33 on the same resampled to 0.3 Å/px, where the
+#: 0.2-atom step alone let one series reach 5.3 % flicker; with it: 0.2 Å/px seeds 0 and
+#: 2-6 164/194 changes at 2.9 % flicker (worst 3.7 %), 0.3 Å/px seeds 3-6 86/130 at 3.5 %
+#: (worst 4.2 %), 0.15 Å/px 116/130 at 2.4 % (worst 2.8 %)).
+CHANGEPOINT_RING_MIN_STEP_SIGMA = 1.0
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
@@ -538,7 +544,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                     levels, frame_depths, packer, 1, classes[species], CHANGEPOINT_PENALTY,
                     default_noise=DEFAULT_LEVEL_NOISE, min_step=CHANGEPOINT_MIN_STEP,
                     rings=rings, ring_penalty=CHANGEPOINT_RING_PENALTY,
-                    ring_min_step=CHANGEPOINT_RING_MIN_STEP)
+                    ring_min_step=CHANGEPOINT_RING_MIN_STEP,
+                    ring_min_step_sigma=CHANGEPOINT_RING_MIN_STEP_SIGMA)
                 del levels, frame_depths, rings
                 packer.rewind()
 
@@ -671,6 +678,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_ring_edges_A": np.asarray(RING_EDGES_A, np.float64),
         "changepoint_ring_penalty": CHANGEPOINT_RING_PENALTY,
         "changepoint_ring_min_step": CHANGEPOINT_RING_MIN_STEP,
+        "changepoint_ring_min_step_sigma": CHANGEPOINT_RING_MIN_STEP_SIGMA,
     }
     k_max = max(predictor.classes.values())
     predictor.check_frame_shape(tuple(series.shape), float(series.pixel_size_A))  # before any file

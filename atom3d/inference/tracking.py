@@ -816,12 +816,15 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
                    lowest: int, highest: int, penalty: float = 2.0,
                    noise: float | None = None, default_noise: float = 0.25,
                    min_step: float = 0.0, rings: np.ndarray | None = None,
-                   ring_penalty: float = 4.5, ring_min_step: float = 0.2) -> np.ndarray:
+                   ring_penalty: float = 4.5, ring_min_step: float = 0.2,
+                   ring_min_step_sigma: float = 0.0) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
 
     ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
-    noise (:func:`packed_ring_noise`) and cut with the threshold ``ring_penalty · ln L``;
-    where that noise cannot be measured the levels are used.
+    noise (:func:`packed_ring_noise`) and cut with the threshold ``ring_penalty · ln L``,
+    keeping the cuts where the level steps by at least ``ring_min_step`` and
+    ``ring_min_step_sigma`` times the level noise σ; where the rings' noise cannot be
+    measured the levels are used.
     """
     sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
@@ -834,7 +837,8 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
         out[a:b] = segment_track(
             levels[a:b], frame_depths[a:b], threshold, lowest, highest, min_step,
             rings=None if scaled is None else scaled[a:b],
-            ring_threshold=ring_penalty * np.log(max(b - a, 2)), ring_min_step=ring_min_step)
+            ring_threshold=ring_penalty * np.log(max(b - a, 2)),
+            ring_min_step=max(ring_min_step, ring_min_step_sigma * sigma))
     return out
 
 
@@ -867,6 +871,7 @@ def changepoint_depths(
     rings: Sequence[np.ndarray] | None = None,
     ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
+    ring_min_step_sigma: float = 0.0,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -899,7 +904,8 @@ def changepoint_depths(
     rings : sequence of numpy.ndarray, optional
         Per frame, ``(N_t, B)`` ring means of each detection (:func:`ring_means` at the
         track's position): the change points are then cut on them
-        (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``).
+        (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``,
+        ``ring_min_step_sigma``).
 
     Returns
     -------
@@ -922,7 +928,8 @@ def changepoint_depths(
             packed_rings[pos[m]] = np.asarray(ring, np.float32).reshape(len(pos), n_rings)[m]
     packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise,
                             min_step, rings=packed_rings, ring_penalty=ring_penalty,
-                            ring_min_step=ring_min_step)
+                            ring_min_step=ring_min_step,
+                            ring_min_step_sigma=ring_min_step_sigma)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -943,6 +950,7 @@ def changepoint_track_depths(
     rings: Sequence[np.ndarray] | None = None,
     ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
+    ring_min_step_sigma: float = 0.0,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -960,7 +968,8 @@ def changepoint_track_depths(
     depths = changepoint_depths(track_ids, levels, frame_depths, first_depth,
                                 first_depth + n_states - 1, penalty, noise,
                                 min_step=min_step, rings=rings, ring_penalty=ring_penalty,
-                                ring_min_step=ring_min_step)
+                                ring_min_step=ring_min_step,
+                                ring_min_step_sigma=ring_min_step_sigma)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences
