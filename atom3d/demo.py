@@ -16,7 +16,8 @@ Without arguments and without downloads, the demo
 3. saves the series as an ImageJ hyperstack TIFF (``demo_series.tif``; float32 counts,
    X/YResolution in pixels per nm with ``unit=nm``, ``finterval`` in s, as ImageJ and
    :func:`atom3d.io.readers.open_series` read it) and the ground-truth columns per frame
-   (``truth_columns.csv``: frame, species, x [Å], y [Å], depth [atoms]);
+   (``truth_columns.csv``: frame, species, x [Å], y [Å], depth [atoms]) and the true
+   drift (``truth_drift.csv``: frame, dx [Å], dy [Å], relative to frame 0);
 4. runs the ``atom3d predict`` pipeline on the TIFF with the default model (or
    ``--model``) into ``demo.h5``, with figures (``figures/``) and 3D models (``xyz/``);
 5. prints how the found columns and depths compare with the truth (Ce/O detection F1,
@@ -58,6 +59,23 @@ __all__ = [
 #: microscope records (session 10: ~40 % of the frame-to-frame variance of a column's
 #: expected depth at 1000 e/Å²).
 DEMO_FROZEN_PHONONS = 4
+
+#: Optics of the demo series [Å, rad; defocus > 0 is underfocus]: 300 kV, Cs = −13 µm,
+#: 6 nm overfocus (the negative-Cs imaging condition of aberration-corrected in situ work:
+#: bright atoms on a dark background), focal spread 2.5 nm, no objective aperture.
+DEMO_OPTICS_KW = dict(energy_eV=300e3, defocus_A=-60.0, cs_A=-13e4, c5_A=0.0,
+                      focal_spread_A=25.0, astigmatism_A=0.0, astigmatism_angle_rad=0.0,
+                      aperture_mrad=math.inf, angular_spread_mrad=0.1)
+
+
+def _demo_optics():
+    from atom3d.simulation.optics import Optics
+
+    return Optics(**DEMO_OPTICS_KW)
+
+
+#: Default field of view of the demo frames [Å] (176 px at 0.2 Å/px).
+DEMO_FIELD_A = 35.2
 
 #: Matching distance of predicted to true columns [Å] (below half the nearest distances).
 MATCH_DIST_A = {"Ce": 1.0, "O": 0.7}
@@ -103,6 +121,8 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
                          drift_total_A: tuple[float, float] = (2.5, -1.5),
                          frame_interval_s: float = 1.0, seed: int = 0,
                          frozen_phonons: int = DEMO_FROZEN_PHONONS,
+                         optics=None, rotation_rad: float = 0.2, tilt_mrad: float = 0.0,
+                         tilt_azimuth_rad: float = 0.0,
                          progress: bool = True) -> DemoSeries:
     """Simulate the demo series and write ``demo_series.tif`` and ``truth_columns.csv``.
 
@@ -130,6 +150,13 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
         Random seed (structure, cation loss, jitter, phonons, noise).
     frozen_phonons : int
         Thermal configurations averaged per frame (each frame draws its own).
+    optics : atom3d.simulation.optics.Optics, optional
+        The electron optics; default :data:`DEMO_OPTICS_KW` (300 kV, Cs = −13 µm, 6 nm
+        overfocus, focal spread 2.5 nm, no aperture).
+    rotation_rad : float
+        In-plane rotation of the lattice against the pixel rows [rad].
+    tilt_mrad, tilt_azimuth_rad : float
+        Tilt of the particle away from the [110] zone axis [mrad] and its azimuth [rad].
     progress : bool
         Progress bar over frames.
     """
@@ -144,7 +171,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
         image_from_spectra,
         make_grid,
     )
-    from atom3d.simulation.optics import Optics, OpticsConfig, transfer_cutoff
+    from atom3d.simulation.optics import OpticsConfig, transfer_cutoff
     from atom3d.structures.ceria import A_CEO2, lattice_sites
     from atom3d.structures.columns import place, rotation_z
     from atom3d.structures.defects import remove_dangling_oxygen, surface_cation_vacancies
@@ -160,7 +187,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     mask, _ = particle_mask(sites, rng, diameter_A=diameter_A, asymmetry=0.1,
                             p_flat_base=0.0, p_steps=0.0)
     mask = remove_dangling_oxygen(sites, mask)
-    rotation = 0.2  # rad: the lattice is not aligned with the pixel rows
+    rotation = float(rotation_rad)  # the lattice is not aligned with the pixel rows
     rot = rotation_z(rotation)
 
     def bbox_centre(m: np.ndarray) -> np.ndarray:
@@ -179,9 +206,9 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     ms = MultisliceConfig(sampling_A=0.05, frozen_phonons=int(frozen_phonons))
     grid = make_grid(pixel_size_A, image_px, ms)
     optics_cfg = OpticsConfig()
-    optics = Optics(energy_eV=300e3, defocus_A=-60.0, cs_A=-13e4, c5_A=0.0,
-                    focal_spread_A=25.0, astigmatism_A=0.0, astigmatism_angle_rad=0.0,
-                    aperture_mrad=math.inf, angular_spread_mrad=0.1)
+    optics = _demo_optics() if optics is None else optics
+    if abs(optics.energy_eV - 1e3 * optics_cfg.energy_keV) > 1.0:
+        optics_cfg = OpticsConfig(energy_keV=optics.energy_eV / 1e3)
     k_cut = transfer_cutoff(optics_cfg)
     frames = np.zeros((n_frames, image_px, image_px), np.float32)
     truth: list[dict] = []
@@ -193,7 +220,8 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
                 fraction = min(1.0, (ce_loss_per_frame + 0.25) / n_surface)
                 mask, _ = surface_cation_vacancies(sites, mask, rng, fraction=fraction)
         centre = bbox_centre(mask) + translation0 + drift[t]
-        st = place(sites, mask, rotation_rad=rotation, tilt_rad=0.0, tilt_azimuth_rad=0.0,
+        st = place(sites, mask, rotation_rad=rotation, tilt_rad=1e-3 * float(tilt_mrad),
+                   tilt_azimuth_rad=float(tilt_azimuth_rad),
                    centre_xy_A=(float(centre[0]), float(centre[1])))
         spectra = exit_spectra(st, grid, ms, optics.energy_eV, k_cut,
                                seed=int(rng.integers(2**31)))
@@ -218,6 +246,11 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
             for species, cols in per.items():
                 for x, y, d in zip(cols["x"], cols["y"], cols["depth"], strict=True):
                     writer.writerow([t, species, f"{x:.4f}", f"{y:.4f}", int(d)])
+    with open(out_dir / "truth_drift.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["frame", "dx_A", "dy_A"])
+        for t, (dx, dy) in enumerate(drift):
+            writer.writerow([t, f"{dx:.5f}", f"{dy:.5f}"])
     return DemoSeries(tif, truth, drift, pixel_size_A)
 
 
@@ -358,7 +391,7 @@ def _print_report(scores: dict, drift_true: np.ndarray, results: str | Path) -> 
 DEMO_DESCRIPTION = (
     "Simulate (abTEM multislice, no downloads) a low-dose in situ HRTEM series of a "
     "~3 nm CeO2 particle along [110] that drifts by a few Å and loses surface Ce "
-    "atoms, save it as an ImageJ TIFF (0.2 Å/px) with its true columns, run "
+    "atoms, save it as an ImageJ TIFF (0.2 Å/px by default) with its true columns, run "
     "'atom3d predict' on it and print how the found columns and depths compare "
     "with the truth. Needs the 'simulate' extra (abTEM).")
 
@@ -381,8 +414,17 @@ def configure_demo_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR",
                    help=f"model to predict with (default the packaged {DEFAULT_MODEL})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=176, metavar="PX",
-                   help="frame side [px] at 0.2 Å/px (default 176 = 35 Å)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="frame side [px] (default: 35 Å, i.e. 176 px at 0.2 Å/px)")
+    p.add_argument("--pixel-size", type=float, default=0.2, metavar="A_PER_PX",
+                   help="detector pixel size [Å/px] (default 0.2; the model's domain is "
+                        "0.15 … 0.3)")
+    p.add_argument("--defocus", type=float, default=DEMO_OPTICS_KW["defocus_A"] / 10.0,
+                   metavar="NM", help="defocus [nm], positive = underfocus (default −6, "
+                                      "overfocus; the model's domain is −10 … 10)")
+    p.add_argument("--cs", type=float, default=DEMO_OPTICS_KW["cs_A"] / 1e4, metavar="UM",
+                   help="spherical aberration Cs [µm] (default −13; the model's domain is "
+                        "−25 … 5)")
     p.add_argument("--diameter-nm", type=float, default=3.0, metavar="NM",
                    help="particle diameter [nm] (default 3)")
     p.add_argument("--dose", type=float, default=1000.0, metavar="E_PER_A2",
@@ -406,11 +448,18 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo for parsed arguments (see :func:`configure_demo_parser`)."""
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
+    if not 0.05 <= args.pixel_size <= 1.0:
+        raise UserError(f"--pixel-size must be within 0.05 … 1 Å/px, got {args.pixel_size}")
+    if not math.isfinite(args.defocus) or not math.isfinite(args.cs):
+        raise UserError("--defocus and --cs must be finite numbers")
+    if args.size is None:
+        args.size = 2 * round(DEMO_FIELD_A / args.pixel_size / 2)
     if args.size < 32 or args.size % 2:
         raise UserError(f"--size must be an even number of pixels >= 32, got {args.size}")
-    if not 0.5 <= args.diameter_nm <= 0.9 * args.size * 0.02:
-        raise UserError(f"--diameter-nm must be within 0.5 … {0.9 * args.size * 0.02:.1f} nm "
-                        f"for a {args.size} px frame")
+    fov_nm = args.size * args.pixel_size / 10.0
+    if not 0.5 <= args.diameter_nm <= 0.9 * fov_nm:
+        raise UserError(f"--diameter-nm must be within 0.5 … {0.9 * fov_nm:.1f} nm "
+                        f"for a {args.size} px frame of {args.pixel_size:g} Å/px")
     if not args.dose > 0:
         raise UserError(f"--dose must be > 0 e/Å², got {args.dose}")
     if args.frozen_phonons < 1:
@@ -437,12 +486,18 @@ def run_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     t0 = time.perf_counter()
+    from atom3d.simulation.optics import Optics
+
+    optics = Optics(**{**DEMO_OPTICS_KW, "defocus_A": 10.0 * args.defocus,
+                       "cs_A": 1e4 * args.cs})
     print(f"simulating {args.frames} frames of a {args.diameter_nm:g} nm CeO2 particle "
-          f"({args.size} px at 0.2 Å/px, {args.dose:g} e/Å² per frame) into {out}/")
+          f"({args.size} px at {args.pixel_size:g} Å/px, {args.dose:g} e/Å² per frame; "
+          f"defocus {args.defocus:g} nm, Cs {args.cs:g} µm) into {out}/")
     sim = simulate_demo_series(out, n_frames=args.frames, image_px=args.size,
+                               pixel_size_A=args.pixel_size,
                                diameter_nm=args.diameter_nm, dose_e_per_A2=args.dose,
                                seed=args.seed, frozen_phonons=args.frozen_phonons,
-                               progress=not args.quiet)
+                               optics=optics, progress=not args.quiet)
     t_sim = time.perf_counter() - t0
     results = out / "demo.h5"
     print(f"predicting with model {artifact.name!r} -> {results}")
@@ -455,13 +510,14 @@ def run_demo(args: argparse.Namespace) -> int:
     scores = evaluate_against_truth(results, sim.truth, sim.drift_A)
     _print_report(scores, sim.drift_A, results)
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
-              "frozen_phonons": args.frozen_phonons,
+              "frozen_phonons": args.frozen_phonons, "pixel_size_A": args.pixel_size,
+              "defocus_nm": args.defocus, "cs_um": args.cs,
               "dose_e_per_A2": args.dose, "simulate_s": round(t_sim, 1),
               "total_s": round(time.perf_counter() - t0, 1), **scores,
               "n_events": summary["n_events"]}
     (out / "metrics.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-    print(f"\nwrote {sim.tif.name}, truth_columns.csv, {results.name}, {len(figures)} figures, "
-          f"{len(xyz)} xyz files and metrics.json in {out}/ "
+    print(f"\nwrote {sim.tif.name}, truth_columns.csv, truth_drift.csv, {results.name}, "
+          f"{len(figures)} figures, {len(xyz)} xyz files and metrics.json in {out}/ "
           f"({report['total_s']:.0f} s)")
     if artifact.config.get("metrics", {}).get("random_init"):
         print("note: this model has random weights; the scores above mean nothing",

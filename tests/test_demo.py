@@ -44,8 +44,28 @@ def test_demo_series_is_the_same_in_every_process(tmp_path):
         (tmp_path / "b" / "truth_columns.csv").read_text()
 
 
+def test_demo_series_other_pixel_size_and_optics(tmp_path):
+    """The series is written at the pixel size asked for, with its true drift."""
+    from atom3d.demo import DEMO_OPTICS_KW, simulate_demo_series
+    from atom3d.io.readers import open_series
+    from atom3d.simulation.optics import Optics
+
+    optics = Optics(**{**DEMO_OPTICS_KW, "defocus_A": 40.0, "cs_A": -2e4})
+    sim = simulate_demo_series(tmp_path, n_frames=2, image_px=64, pixel_size_A=0.25,
+                               diameter_nm=1.2, frozen_phonons=1, optics=optics,
+                               tilt_mrad=5.0, progress=False)
+    with open_series(sim.tif) as series:
+        assert series.pixel_size_A == pytest.approx(0.25, rel=1e-6)
+        assert series.n_frames == 2
+    rows = np.loadtxt(tmp_path / "truth_drift.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(rows[:, 1:], sim.drift_A, atol=1e-5)
+    assert np.all(rows[0, 1:] == 0) and np.any(rows[1, 1:] != 0)
+
+
 @pytest.mark.parametrize("argv", [["--frozen-phonons", "0"], ["--frames", "0"],
-                                  ["--dose", "-5"], ["--size", "33"]])
+                                  ["--dose", "-5"], ["--size", "33"],
+                                  ["--pixel-size", "0"], ["--defocus", "nan"],
+                                  ["--diameter-nm", "9"]])
 def test_demo_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv):
     assert main(["demo", "--quiet", "--out", str(tmp_path / "d"), *argv]) == 2
     err = capsys.readouterr().err.strip()

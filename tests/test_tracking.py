@@ -20,7 +20,6 @@ from atom3d.inference.tracking import (
     packed_ring_noise,
     ring_means,
     segment_starts,
-    segment_starts_rings,
     segment_track,
     smooth_depths,
     smooth_track_depths,
@@ -347,21 +346,25 @@ def test_ring_change_points_and_noise():
     stepped = steady.copy()
     stepped[7:, 1] += 2.5  # one ring changes after frame 6
     threshold = 4.0 * np.log(12)
-    assert segment_starts_rings(steady, threshold) == []
-    assert segment_starts_rings(stepped, threshold) == [7]
+    assert segment_starts(steady, threshold) == []
+    assert segment_starts(stepped, threshold) == [7]
     with_nan = stepped.copy()
     with_nan[2, :] = np.nan  # a frame where the rings left the field: no evidence
-    assert segment_starts_rings(with_nan, threshold) == [7]
+    assert segment_starts(with_nan, threshold) == [7]
     # the drop is summed over the rings: the same step spread over all five is found
     # at a threshold that one ring's share alone would not pass
     spread = steady.copy()
     spread[7:] += 2.5 / np.sqrt(5)
-    assert segment_starts_rings(spread, threshold) == [7]
-    assert segment_starts_rings(spread[:, :1], threshold) == []
+    assert segment_starts(spread, threshold) == [7]
+    assert segment_starts(spread[:, :1], threshold) == []
+    # a column vector is the scalar sequence
+    assert segment_starts(stepped[:, 1:2], threshold) == segment_starts(stepped[:, 1], threshold)
+    with pytest.raises(ValueError, match="scalar"):
+        segment_starts(stepped, threshold, min_step=0.5)
     # pure noise of unit σ splits now and then (a χ² with 5 degrees of freedom, maximised
     # over the positions): the E[k] step that segment_track asks for filters those
     noise = np.random.default_rng(0).normal(0, 1, (2000, 12, 5))
-    split = np.mean([bool(segment_starts_rings(x, threshold)) for x in noise])
+    split = np.mean([bool(segment_starts(x, threshold)) for x in noise])
     assert 0.2 < split < 0.7
     # noise per ring, robust to the step, not measured across two tracks
     long = rng.normal(0, 0.3, (200, 5))

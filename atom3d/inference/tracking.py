@@ -553,41 +553,22 @@ def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) 
     (same units as ``values²``); both halves are then split in turn. Only splits whose
     two sides' means differ by at least ``min_step`` (units of ``values``) are candidates.
 
+    ``values`` is a sequence (L,) or a sequence of vectors (L, B); for vectors the drop
+    is summed over the B components (in units of each one's noise σ the drop of a split
+    without a change is then about χ² with B degrees of freedom), ``min_step`` must be
+    0, and NaN entries count as their component's sequence mean (no evidence).
+
     Returns
     -------
     list of int
         Sorted indices where a new segment starts (0 excluded).
     """
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    out: list[int] = []
-    stack = [(0, len(x))]
-    while stack:
-        lo, hi = stack.pop()
-        n = hi - lo
-        if n < 2:
-            continue
-        left = np.cumsum(x[lo:hi] - x[lo:hi].mean())[:-1]
-        k = np.arange(1, n, dtype=np.float64)
-        gain = left ** 2 * n / (k * (n - k))  # SSE(one mean) - SSE(two means)
-        if min_step > 0:  # |mean(right) - mean(left)| = |left| · n / (k (n - k))
-            gain[np.abs(left) * n / (k * (n - k)) < min_step] = -np.inf
-        j = int(np.argmax(gain))
-        if gain[j] > threshold:
-            out.append(lo + j + 1)
-            stack += [(lo, lo + j + 1), (lo + j + 1, hi)]
-    return sorted(out)
-
-
-def segment_starts_rings(values: np.ndarray, threshold: float) -> list[int]:
-    """Change points of a piecewise-constant fit of a vector sequence ``values`` (L, B).
-
-    :func:`segment_starts` with the drop of squared error summed over the B components
-    (each in units of its noise σ, so the drop of a split without a change is about
-    χ² with B degrees of freedom); NaN entries count as the sequence mean of their
-    component (no evidence).
-    """
     x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return []
     x = x.reshape(len(x), -1)
+    if min_step > 0 and x.shape[1] != 1:
+        raise ValueError("min_step applies to a scalar sequence only")
     finite = np.isfinite(x)
     if not finite.all():
         fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
@@ -602,7 +583,10 @@ def segment_starts_rings(values: np.ndarray, threshold: float) -> list[int]:
             continue
         left = np.cumsum(x[lo:hi] - x[lo:hi].mean(axis=0), axis=0)[:-1]
         k = np.arange(1, n, dtype=np.float64)[:, None]
-        gain = (left ** 2 * n / (k * (n - k))).sum(axis=1)
+        scale = n / (k * (n - k))
+        gain = (left ** 2 * scale).sum(axis=1)  # SSE(one mean) - SSE(two means)
+        if min_step > 0:  # |mean(right) - mean(left)| = |left| · n / (k (n - k))
+            gain[np.abs(left[:, 0]) * scale[:, 0] < min_step] = -np.inf
         j = int(np.argmax(gain))
         if gain[j] > threshold:
             out.append(lo + j + 1)
@@ -785,7 +769,7 @@ def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float
     """Depths of one track from its levels (see :func:`changepoint_depths`).
 
     With ``rings`` ((L, B), each ring in units of its noise σ) the change points are
-    those of the rings (:func:`segment_starts_rings`, ``ring_threshold``) at which the
+    those of the rings (:func:`segment_starts`, ``ring_threshold``) at which the
     mean level of the two neighbouring segments differs by at least ``ring_min_step``;
     ``threshold`` and ``min_step`` are then not used.
     """
@@ -794,10 +778,24 @@ def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float
     if rings is None:
         starts = segment_starts(e, threshold, min_step)
     else:
-        found = segment_starts_rings(rings, ring_threshold)
+        found = segment_starts(rings, ring_threshold)
         edges = [0, *found, len(e)]
         starts = [st for i, st in enumerate(found)
                   if abs(e[st:edges[i + 2]].mean() - e[edges[i]:st].mean()) >= ring_min_step]
+    return depths_from_starts(e, d0, starts, lowest, highest)
+
+
+def depths_from_starts(levels: np.ndarray, frame_depths: np.ndarray, starts: Sequence[int],
+                       lowest: int, highest: int) -> np.ndarray:
+    """One depth per segment of a track, given where its segments start.
+
+    A segment's depth is the median of its frames' depths (rounded half up); where the
+    mean level steps between two segments but that depth does not step the same way, the
+    later segment gets the earlier one's depth plus one atom in the level's direction
+    (clipped to ``lowest … highest``), so every kept change point is a reported change.
+    """
+    e = np.asarray(levels, np.float64)
+    d0 = np.asarray(frame_depths, np.float64)
     bounds = [0, *starts, len(e)]
     out = np.empty(len(e), np.int64)
     prev_d = prev_m = None

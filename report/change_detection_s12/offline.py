@@ -16,6 +16,7 @@ import numpy as np
 from atom3d.demo import temporal_scores
 from atom3d.inference import tracking as T
 from atom3d.inference.series import CHANGEPOINT_MIN_STEP, CHANGEPOINT_PENALTY
+from atom3d.inference.tracking import depths_from_starts as _depths_from_starts
 from atom3d.io.results import read_results
 
 K = 22
@@ -35,8 +36,11 @@ def load(d: Path):
             c["depth"].append(int(row["depth"]))
     truth = [{sp: {k: np.asarray(v) for k, v in truth[t][sp].items()} for sp in ("Ce", "O")}
              for t in sorted(truth)]
-    # true drift: demo drift is not stored; recover from the truth (mean column shift of
-    # matched Ce columns is the drift up to column loss) -> use the file's measured drift
+    # the true drift: stored by atom3d demo since session 13 (truth_drift.csv); older
+    # demo directories are named ..._s<seed> and their drift is re-drawn
+    if (d / "truth_drift.csv").exists():
+        drift = np.loadtxt(d / "truth_drift.csv", delimiter=",", skiprows=1)[:, 1:]
+        return r, truth, drift.reshape(-1, 2)
     seed = int(d.name.split("_s")[-1])
     return r, truth, true_drift(seed, len(truth))
 
@@ -180,18 +184,7 @@ def optimal_partition(x, threshold, min_step=0.0, w=None):
 
 
 def depths_from_starts(e, d0, starts, lowest=1, highest=K):
-    bounds = [0, *starts, len(e)]
-    out = np.empty(len(e), np.int64)
-    prev_d = prev_m = None
-    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
-        d, m = int(np.floor(np.median(d0[a:b]) + 0.5)), float(e[a:b].mean())
-        if prev_d is not None:
-            step = int(np.sign(m - prev_m))
-            if step and int(np.sign(d - prev_d)) != step:
-                d = int(np.clip(prev_d + step, lowest, highest))
-        out[a:b] = d
-        prev_d, prev_m = d, m
-    return out
+    return _depths_from_starts(e, d0, starts, lowest, highest)
 
 
 def op_rule(penalty=CHANGEPOINT_PENALTY, min_step=CHANGEPOINT_MIN_STEP):
