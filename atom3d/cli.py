@@ -87,6 +87,16 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
+def _json_value(v):
+    """An HDF5 attribute as JSON: strings, numbers and booleans as they are, arrays as lists."""
+    if isinstance(v, str | bool | int | float):
+        return v
+    import numpy as np
+
+    arr = np.asarray(v)
+    return arr.astype(str).tolist() if arr.dtype.kind in "USO" else arr.tolist()
+
+
 def _cmd_info(args) -> int:
     import json
 
@@ -104,8 +114,7 @@ def _cmd_info(args) -> int:
 
         res = read_results(path, load_maps=False)
         frames = res["frames"]
-        summary = {"attrs": {k: (v if isinstance(v, str | int | bool) else float(v))
-                             for k, v in res["attrs"].items()},
+        summary = {"attrs": {k: _json_value(v) for k, v in res["attrs"].items()},
                    "frames": int(len(frames.get("frame", []))),
                    "valid_frames": int(sum(frames.get("valid", []))),
                    "columns": int(len(res["columns"].get("frame", []))),
