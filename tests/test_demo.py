@@ -28,6 +28,11 @@ def test_demo_runs_and_scores_against_the_truth(tmp_path, capsys):
     assert metrics["frames"] == 3
     assert metrics["Ce"]["f1"] > 0.9  # the shipped model finds the columns of a small particle
     assert (out / "demo_series.tif").exists() and (out / "truth_columns.csv").exists()
+    # atom3d info reads what atom3d predict wrote (every attribute, figures)
+    assert main(["info", str(out / "demo.h5"), "--plot", str(tmp_path / "fig")]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
+    assert summary["frames"] == 3 and summary["attrs"]["depth_smoothing"] == "changepoint"
+    assert (tmp_path / "fig" / "summary.png").exists()
 
 
 def test_demo_series_is_the_same_in_every_process(tmp_path):
