@@ -737,46 +737,71 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
     return drift, track, depth, events
 
 
+def _synthetic_series(w, n_frames, k, shape, p, rng, faint=None):
+    """Write a drifting synthetic series of column rows (and return its frames).
+
+    40 Ce and 50 O columns, each missing from a frame now and then, five Ce columns
+    losing an atom at frame 9, frame 4 invalid. ``faint`` (column index -> pooled
+    presence) sets the ``p_column`` of those Ce columns (1 for the others); frame 6 also
+    holds a one-frame ghost Ce column at presence 0.5.
+    """
+    base_ce = rng.uniform(1, 15, (40, 2))
+    base_o = rng.uniform(1, 15, (50, 2))
+    truth_ce = rng.integers(1, k + 1, 40)
+    zeros = np.zeros(shape)
+    rr, cc = np.mgrid[:shape[0], :shape[1]] * p
+    images = []
+    for t in range(n_frames):
+        shift = 0.05 * t
+        keep_ce = rng.random(40) > 0.15
+        keep_o = rng.random(50) > 0.3
+        if t == 9:
+            truth_ce[:5] -= 1  # cations leave
+        clean = np.ones(shape)
+        for (x, y), depth in zip(base_ce + shift, truth_ce, strict=True):
+            clean += 0.1 * depth * np.exp(-((cc - x) ** 2 + (rr - y) ** 2) / 0.18)
+        images.append(rng.poisson(400 * clean).astype(np.float32))
+        xy = np.concatenate([base_ce[keep_ce], base_o[keep_o]]) + shift
+        xy += rng.normal(0, 0.05, xy.shape)
+        n_ce, n = int(keep_ce.sum()), len(xy)
+        presence = np.ones(n)
+        if faint:
+            ce_index = np.flatnonzero(keep_ce)
+            for i, value in faint.items():
+                presence[np.flatnonzero(ce_index == i)] = value
+        species = ["Ce"] * n_ce + ["O"] * (n - n_ce)
+        if faint and t == 6:  # a ghost, far from every column
+            xy = np.concatenate([xy, [[17.5, 17.5]]])
+            presence = np.concatenate([presence, [0.5]])
+            species.append("Ce")
+            n += 1
+        p_depth = rng.dirichlet(np.full(k, 0.5), n)
+        p_depth[np.arange(n_ce), np.clip(truth_ce[keep_ce], 1, k) - 1] += 1.5
+        p_depth /= p_depth.sum(axis=1, keepdims=True)
+        d = np.argmax(p_depth, axis=1) + 1
+        cols = {"x": xy[:, 0], "y": xy[:, 1], "depth": d, "confidence": p_depth.max(axis=1),
+                "species": np.array(species), "depth_frame": d,
+                "confidence_frame": p_depth.max(axis=1), "p_column": presence}
+        for j in range(k):
+            cols[f"p_depth_{j + 1}"] = p_depth[:, j].astype(np.float16)
+        w.write_frame(t, ce_depth=zeros, ce_confidence=zeros, o_depth=zeros,
+                      o_confidence=zeros, columns=cols, frame_row={"valid": t != 4})
+    return images
+
+
+_SYNTHETIC_ATTRS = {"source": "x", "source_sha256": "a" * 64, "model": "m",
+                    "model_sha256": "b" * 64, "pixel_size_A": 0.2}
+
+
 @pytest.mark.parametrize("smoothing", ["changepoint", "changepoint-levels", "hmm"])
 def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
     """The frame-by-frame post-processing gives what the whole-table version gives
     (``changepoint``: with the frames, so that Ce tracks are cut on the image rings)."""
     rng = np.random.default_rng(5)
     n_frames, k, shape, p = 14, 6, (80, 80), 0.2
-    base_ce = rng.uniform(1, 15, (40, 2))
-    base_o = rng.uniform(1, 15, (50, 2))
-    truth_ce = rng.integers(1, k + 1, 40)
-    attrs = {"source": "x", "source_sha256": "a" * 64, "model": "m",
-             "model_sha256": "b" * 64, "pixel_size_A": p}
-    zeros = np.zeros(shape)
-    rr, cc = np.mgrid[:shape[0], :shape[1]] * p
-    images = []
-    with ResultsWriter(tmp_path / "s.h5", shape=shape, n_frames=n_frames, attrs=attrs) as w:
-        for t in range(n_frames):
-            shift = 0.05 * t
-            keep_ce = rng.random(40) > 0.15
-            keep_o = rng.random(50) > 0.3
-            if t == 9:
-                truth_ce[:5] -= 1  # cations leave
-            clean = np.ones(shape)
-            for (x, y), depth in zip(base_ce + shift, truth_ce, strict=True):
-                clean += 0.1 * depth * np.exp(-((cc - x) ** 2 + (rr - y) ** 2) / 0.18)
-            images.append(rng.poisson(400 * clean).astype(np.float32))
-            xy = np.concatenate([base_ce[keep_ce], base_o[keep_o]]) + shift
-            xy += rng.normal(0, 0.05, xy.shape)
-            n_ce, n = int(keep_ce.sum()), len(xy)
-            p_depth = rng.dirichlet(np.full(k, 0.5), n)
-            p_depth[np.arange(n_ce), np.clip(truth_ce[keep_ce], 1, k) - 1] += 1.5
-            p_depth /= p_depth.sum(axis=1, keepdims=True)
-            d = np.argmax(p_depth, axis=1) + 1
-            cols = {"x": xy[:, 0], "y": xy[:, 1], "depth": d, "confidence": p_depth.max(axis=1),
-                    "species": np.array(["Ce"] * n_ce + ["O"] * (n - n_ce)),
-                    "depth_frame": d, "confidence_frame": p_depth.max(axis=1),
-                    "p_column": np.ones(n)}
-            for j in range(k):
-                cols[f"p_depth_{j + 1}"] = p_depth[:, j].astype(np.float16)
-            w.write_frame(t, ce_depth=zeros, ce_confidence=zeros, o_depth=zeros,
-                          o_confidence=zeros, columns=cols, frame_row={"valid": t != 4})
+    with ResultsWriter(tmp_path / "s.h5", shape=shape, n_frames=n_frames,
+                       attrs=_SYNTHETIC_ATTRS) as w:
+        images = _synthetic_series(w, n_frames, k, shape, p, rng)
         reference = _whole_series_reference(w.read_columns(), w.read_frames(), n_frames,
                                             {"Ce": k, "O": k}, p, shape, smoothing, images)
         stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, smoothing,
@@ -796,6 +821,57 @@ def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
     sel = r["columns"]["species"] == "Ce"
     n_ce = np.bincount(r["columns"]["frame"][sel], weights=depth[sel], minlength=n_frames)
     np.testing.assert_array_equal(r["frames"]["n_ce"], n_ce)
+
+
+def test_track_detection_reports_persistent_faint_columns(tmp_path):
+    """Tracks whose mean presence passes the track threshold are reported, whole; faint
+    one-frame or weak tracks are dropped, and nothing else changes (the kept rows equal
+    the whole-series post-processing of all rows); a resumed run keeps the result."""
+    rng = np.random.default_rng(5)
+    n_frames, k, shape, p = 14, 6, (80, 80), 0.2
+    faint = {0: 0.6, 1: 0.5, 2: 0.45}  # mean 0.6: reported; 0.5 and 0.45: not
+    rule = {"Ce": (0.64, 0.56), "O": (0.66, 0.6)}
+    out = tmp_path / "s.h5"
+    with ResultsWriter(out, shape=shape, n_frames=n_frames, attrs=_SYNTHETIC_ATTRS) as w:
+        images = _synthetic_series(w, n_frames, k, shape, p, rng, faint=faint)
+        cols = w.read_columns()
+        drift, track, depth, events = _whole_series_reference(
+            cols, w.read_frames(), n_frames, {"Ce": k, "O": k}, p, shape, "changepoint",
+            images)
+        stats = series_mod.postprocess(w, {"Ce": k, "O": k}, p, "changepoint",
+                                       image=images.__getitem__, track_detection=rule)
+        w.close()  # a crash after post-processing, before finalize
+    keep = np.ones(len(track), bool)
+    for t_id in np.unique(track):
+        rows = track == t_id
+        pres = cols["p_column"][rows]
+        cut, mean_cut = rule[str(cols["species"][rows][0])]
+        keep[rows] = pres.min() >= cut or (pres.mean() >= mean_cut and rows.sum() >= 3)
+    dropped = set(np.unique(track[~keep]).tolist())
+    assert len(dropped) == 3  # columns 1 and 2 and the ghost
+    assert np.any((cols["p_column"] == 0.6) & keep)  # column 0 is reported
+    assert stats["n_events"] == sum(e["track"] not in dropped for e in events)
+
+    with ResultsWriter(out, shape=shape, n_frames=n_frames, attrs=_SYNTHETIC_ATTRS,
+                       resume=True) as w:
+        filtered = w.columns_filtered
+        assert filtered is not None and filtered["n_dropped_rows"] == int((~keep).sum())
+        assert w.n_columns == int(keep.sum())
+        w.finalize()
+    r = read_results(out, load_maps=False)
+    np.testing.assert_array_equal(r["columns"]["track"], track[keep])
+    np.testing.assert_array_equal(r["columns"]["depth"], depth[keep])
+    np.testing.assert_array_equal(r["columns"]["x"], cols["x"][keep])
+    assert [int(f) for f in r["events"]["track"]] == [
+        e["track"] for e in events if e["track"] not in dropped]
+    ce = r["columns"]["species"] == "Ce"
+    np.testing.assert_array_equal(
+        r["frames"]["n_ce_columns"],
+        np.bincount(r["columns"]["frame"][ce], minlength=n_frames))
+    np.testing.assert_array_equal(
+        r["frames"]["n_ce"],
+        np.bincount(r["columns"]["frame"][ce], weights=r["columns"]["depth"][ce],
+                    minlength=n_frames))
 
 
 def test_tiles_are_as_few_and_small_as_the_frame_allows(model_dir):

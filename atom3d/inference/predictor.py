@@ -278,6 +278,10 @@ class Predictor:
         if not (math.isfinite(edge_margin_A) and edge_margin_A >= 0):
             raise ValueError(f"edge_margin_A must be >= 0, got {edge_margin_A}")
         self.edge_margin_A = float(edge_margin_A)
+        #: Per species, a lower cut of the pooled presence than the artifact's
+        #: ``column_threshold`` for the columns returned (None: the artifact's). Series
+        #: keep these *candidates* and decide per track (:func:`atom3d.inference.series.postprocess`).
+        self.column_floor: dict[str, float] | None = None
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise UserError("--half needs a CUDA device (--device cuda)")
@@ -525,7 +529,7 @@ class Predictor:
             table = find_columns_from(presence, class_probs, zs.shape[0], self.pixel_size_A,
                                       MIN_SEPARATION_A[species])
             table = self._inside(table, shapes[f], pixel_size_A)
-            table = _present(table, self.artifact.column_threshold[species])
+            table = _present(table, self.column_cut(species))
             if len(table):
                 table = dataclasses.replace(
                     table, confidence=self.artifact.map_confidence(species, table.confidence))
@@ -548,6 +552,14 @@ class Predictor:
             out.append(FramePrediction(True, "", {"Ce": ce_table, "O": o_table},
                                        ce_maps[0], ce_maps[1], o_maps[0], o_maps[1]))
         return out
+
+    def column_cut(self, species: str) -> float:
+        """Smallest pooled presence of a column returned for ``species`` (see
+        :attr:`column_floor`)."""
+        cut = self.artifact.column_threshold[species]
+        if self.column_floor is not None and species in self.column_floor:
+            cut = min(cut, float(self.column_floor[species]))
+        return cut
 
     def _inside(self, table: ColumnTable, shape: tuple[int, int],
                 pixel_size_A: float) -> ColumnTable:

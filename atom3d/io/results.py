@@ -53,6 +53,7 @@ frame that was cut off and are dropped on resume. A frame is done when its row o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -165,6 +166,10 @@ _RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS)
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
+#: Attribute of a ``/columns`` group whose rows were filtered at the end of post-processing
+#: (:meth:`ResultsWriter.keep_column_rows`): a JSON summary; its ``n_rows`` counts the rows.
+_FILTERED = "filtered"
+
 _TABLE_CHUNK_ROWS = 4096
 #: Rows read at a time when scanning a table (bounded memory).
 _SCAN_ROWS = 1 << 18
@@ -657,6 +662,8 @@ class ResultsWriter:
             group = f[name]
             if n_rows is None:  # /events is replaced whole: all its rows are valid
                 n_rows = group["frame"].shape[0] if "frame" in group else 0
+            if _FILTERED in group.attrs:  # swapped in after the last commit: its own count
+                n_rows = int(json.loads(group.attrs[_FILTERED])["n_rows"])
             tables[name] = _Table(group, schema, self._compression, n_rows)
             tables[name].truncate()
         f.flush()
@@ -918,6 +925,46 @@ class ResultsWriter:
         stored[_frame_order(table)] = values
         table.set_field(name, stored)
         f.flush()
+
+    def keep_column_rows(self, keep: Any, summary: Mapping[str, Any]) -> None:
+        """Drop the ``/columns`` rows where ``keep`` is False (the last step of
+        post-processing; rows keep their order).
+
+        The kept rows are copied (a block at a time: memory does not grow with the
+        series) into a new table that is swapped in with ``summary`` (JSON) as its
+        attribute; :attr:`columns_filtered` returns it, also after a crash and reopen, so
+        that a resumed run does not post-process the filtered rows again.
+        """
+        f = self._settled()
+        table = self._tables["columns"]
+        keep = np.asarray(keep, bool).reshape(-1)
+        if keep.shape != (table.n_rows,):
+            raise ValueError(f"keep: expected {table.n_rows} values, got {keep.shape[0]}")
+        new_name = "columns" + _SWAP
+        if new_name in f:
+            del f[new_name]
+        group = f.create_group(new_name, track_order=True)
+        new = _Table(group, TABLE_FIELDS["columns"], self._compression, 0)
+        for name, ds in table.group.items():  # same fields, dtypes and order
+            new.create(name, ds.dtype, 0)
+        for start in range(0, table.n_rows, _SCAN_ROWS):
+            stop = min(start + _SCAN_ROWS, table.n_rows)
+            sel = keep[start:stop]
+            new.append({name: ds[start:stop][sel] for name, ds in table.group.items()})
+        group.attrs[_FILTERED] = json.dumps({**dict(summary), "n_rows": new.n_rows})
+        f.flush()
+        del f["columns"]
+        f.move(new_name, "columns")
+        self._tables["columns"] = _Table(f["columns"], TABLE_FIELDS["columns"],
+                                         self._compression, new.n_rows)
+        self._commit()
+
+    @property
+    def columns_filtered(self) -> dict[str, Any] | None:
+        """The ``summary`` of :meth:`keep_column_rows` if it ran, else None."""
+        f = self._settled()
+        raw = f["columns"].attrs.get(_FILTERED)
+        return None if raw is None else json.loads(raw)
 
     def write_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Replace the ``/events`` table (call once the series is tracked).
