@@ -584,3 +584,50 @@ def test_track_linker_equals_link_tracks():
     for t, (x, y) in enumerate(frames):
         np.testing.assert_array_equal(linker.step(x, y, drift[t]), batch[t])
     assert linker.next_id == max(int(b.max()) for b in batch) + 1
+
+
+def test_loss_signature_keeps_image_changes_the_levels_miss():
+    """A series' confident cuts (rings and E[k] both step) teach which way a loss moves
+    the rings; a ring step along that way is then reported although E[k] stays flat."""
+    from atom3d.inference.tracking import (
+        choose_ring_cuts,
+        ring_cuts,
+        ring_signature,
+        segment_track,
+    )
+
+    rng = np.random.default_rng(11)
+    v = np.array([1.0, 0.8, 0.3, -0.2, -0.4])
+    v /= np.linalg.norm(v)
+    threshold = 4.5 * np.log(12)
+    cuts = []
+    for _ in range(8):  # confident losses: rings step by 6 σ along v, E[k] by -0.8
+        rings = rng.normal(0, 1, (12, 5))
+        rings[6:] += 6 * v
+        level = 5 + rng.normal(0, 0.1, 12)
+        level[6:] -= 0.8
+        cuts.append((threshold, ring_cuts(rings, level, threshold)))
+    signature = ring_signature(cuts, strong=1.8, min_level_step=0.4, min_cuts=5)
+    assert signature is not None and signature @ v > 0.95
+    assert ring_signature(cuts[:3], 1.8, 0.4, 5) is None  # too few confident cuts
+
+    # a loss the network's E[k] does not see (flat level), and an unrelated ring change
+    rings = rng.normal(0, 1, (12, 5))
+    rings[6:] += 2.5 * v  # significance 2.5 · sqrt(3) = 4.3 along v
+    level = 5 + rng.normal(0, 0.1, 12)
+    depths = np.full(12, 5)
+    flat = segment_track(level, depths, 0.0, 1, 10, rings=rings, ring_threshold=threshold,
+                         ring_min_step=0.2)
+    assert np.all(flat == 5)  # the level rule alone drops the cut
+    found = segment_track(level, depths, 0.0, 1, 10, rings=rings, ring_threshold=threshold,
+                          ring_min_step=0.2, signature=signature, signature_z=3.0)
+    np.testing.assert_array_equal(found, [5] * 6 + [4] * 6)  # reported as a loss
+    gained = segment_track(level, depths, 0.0, 1, 10, rings=-rings, ring_threshold=threshold,
+                           ring_min_step=0.2, signature=signature, signature_z=3.0)
+    np.testing.assert_array_equal(gained, [5] * 6 + [6] * 6)  # the opposite way: a gain
+    orthogonal = rng.normal(0, 1, (12, 5))
+    w = np.array([0.4, -0.5, 0.0, 0.0, 0.0])
+    w -= (w @ signature) * signature
+    orthogonal[6:] += 8 * w / np.linalg.norm(w)
+    starts, _ = choose_ring_cuts(ring_cuts(orthogonal, level, threshold), 0.2, signature, 3.0)
+    assert starts == []  # a change across the signature, with a flat level: not a loss

@@ -168,6 +168,11 @@ CHANGEPOINT_RING_MIN_STEP = 0.2
 #: 2-6 164/194 changes at 2.9 % flicker (worst 3.7 %), 0.3 Å/px seeds 3-6 86/130 at 3.5 %
 #: (worst 4.2 %), 0.15 Å/px 116/130 at 2.4 % (worst 2.8 %)).
 CHANGEPOINT_RING_MIN_STEP_SIGMA = 1.0
+#: ... or, whatever E[k] does, where the ring change along the series' loss signature is
+#: at least this significant (session 13; :func:`~atom3d.inference.tracking.ring_signature`
+#: learns the signature from the series' confident cuts, :func:`~atom3d.inference.tracking.segment_track`
+#: uses it; inf: off).
+CHANGEPOINT_SIGNATURE_Z = math.inf
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
@@ -583,7 +588,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                     default_noise=DEFAULT_LEVEL_NOISE, min_step=CHANGEPOINT_MIN_STEP,
                     rings=rings, ring_penalty=CHANGEPOINT_RING_PENALTY,
                     ring_min_step=CHANGEPOINT_RING_MIN_STEP,
-                    ring_min_step_sigma=CHANGEPOINT_RING_MIN_STEP_SIGMA)
+                    ring_min_step_sigma=CHANGEPOINT_RING_MIN_STEP_SIGMA,
+                    signature_z=CHANGEPOINT_SIGNATURE_Z)
                 del levels, frame_depths, rings
                 packer.rewind()
 
@@ -780,6 +786,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_ring_penalty": CHANGEPOINT_RING_PENALTY,
         "changepoint_ring_min_step": CHANGEPOINT_RING_MIN_STEP,
         "changepoint_ring_min_step_sigma": CHANGEPOINT_RING_MIN_STEP_SIGMA,
+        "changepoint_signature_z": CHANGEPOINT_SIGNATURE_Z,
     }
     n = int(series.n_frames)
     track_detection = None

@@ -14,7 +14,9 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,11 @@ __all__ = [
     "level_noise",
     "link_tracks",
     "packed_level_noise",
+    "RingCut",
+    "choose_ring_cuts",
+    "depths_from_starts",
+    "ring_cuts",
+    "ring_signature",
     "segment_packed",
     "segment_starts",
     "segment_track",
@@ -765,44 +772,135 @@ def level_noise(track_ids: Sequence[np.ndarray], levels: Sequence[np.ndarray],
 def segment_track(levels: np.ndarray, frame_depths: np.ndarray, threshold: float,
                   lowest: int, highest: int, min_step: float = 0.0,
                   rings: np.ndarray | None = None, ring_threshold: float = 0.0,
-                  ring_min_step: float = 0.0) -> np.ndarray:
+                  ring_min_step: float = 0.0, signature: np.ndarray | None = None,
+                  signature_z: float = math.inf) -> np.ndarray:
     """Depths of one track from its levels (see :func:`changepoint_depths`).
 
     With ``rings`` ((L, B), each ring in units of its noise σ) the change points are
-    those of the rings (:func:`segment_starts`, ``ring_threshold``) at which the
-    mean level of the two neighbouring segments differs by at least ``ring_min_step``;
-    ``threshold`` and ``min_step`` are then not used.
+    those of the rings (:func:`ring_cuts`, ``ring_threshold``) at which the mean level of
+    the two neighbouring segments differs by at least ``ring_min_step``, in the direction
+    of that difference; ``threshold`` and ``min_step`` are then not used. With a
+    ``signature`` (:func:`ring_signature`, a unit vector: how the rings change when the
+    column loses atoms) a cut whose ring change projects on it with a significance of at
+    least ``signature_z`` (``z = (Δrings · signature) · sqrt(n₁n₂/(n₁+n₂))``, rings in
+    units of σ) is kept whatever the level does, as a loss for z > 0 and a gain for z < 0.
     """
     e = np.asarray(levels, np.float64)
     d0 = np.asarray(frame_depths, np.float64)
     if rings is None:
-        starts = segment_starts(e, threshold, min_step)
-    else:
-        found = segment_starts(rings, ring_threshold)
-        edges = [0, *found, len(e)]
-        starts = [st for i, st in enumerate(found)
-                  if abs(e[st:edges[i + 2]].mean() - e[edges[i]:st].mean()) >= ring_min_step]
-    return depths_from_starts(e, d0, starts, lowest, highest)
+        return depths_from_starts(e, d0, segment_starts(e, threshold, min_step),
+                                  lowest, highest)
+    starts, directions = choose_ring_cuts(ring_cuts(rings, e, ring_threshold), ring_min_step,
+                                          signature, signature_z)
+    return depths_from_starts(e, d0, starts, lowest, highest, directions)
+
+
+def choose_ring_cuts(cuts: Sequence[RingCut], min_level_step: float,
+                     signature: np.ndarray | None = None,
+                     signature_z: float = math.inf) -> tuple[list[int], list[int]]:
+    """Starts and directions of the ring cuts kept (see :func:`segment_track`): ±1 where
+    the signature decided, 0 where the level step did."""
+    starts, directions = [], []
+    for cut in cuts:
+        z = cut.z(signature)
+        if abs(z) >= signature_z:
+            starts.append(cut.start)
+            directions.append(-1 if z > 0 else 1)
+        elif abs(cut.level_step) >= min_level_step:
+            starts.append(cut.start)
+            directions.append(0)  # the way the levels of the final segments step
+    return starts, directions
+
+
+@dataclass(frozen=True)
+class RingCut:
+    """A change point of a track's rings (:func:`ring_cuts`)."""
+
+    start: int  #: first detection of the later segment
+    gain: float  #: drop of squared error of the cut (rings in units of σ)
+    level_step: float  #: mean level after minus before, between the neighbouring cuts
+    ring_step: np.ndarray  #: mean rings after minus before (units of σ)
+    weight: float  #: sqrt(n₁n₂/(n₁+n₂)) of the two neighbouring segments
+
+    def z(self, signature: np.ndarray | None) -> float:
+        """Significance of the ring step along ``signature`` (0 without one)."""
+        if signature is None:
+            return 0.0
+        return float(self.ring_step @ signature) * self.weight
+
+
+def ring_cuts(rings: np.ndarray, levels: np.ndarray, threshold: float) -> list[RingCut]:
+    """The cuts of :func:`segment_starts` on ``rings`` (L, B), each with its gain and the
+    steps of the rings and of ``levels`` between its neighbouring cuts (NaN rings count
+    as their track mean)."""
+    x = np.asarray(rings, np.float64).reshape(len(rings), -1)
+    e = np.asarray(levels, np.float64)
+    found = segment_starts(x, threshold)
+    if not found:
+        return []
+    finite = np.isfinite(x)
+    if not finite.all():
+        fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
+                         for j in range(x.shape[1])])
+        x = np.where(finite, x, fill[None, :])
+    edges = [0, *found, len(e)]
+    out = []
+    for i, start in enumerate(found):
+        a, c = edges[i], edges[i + 2]
+        n1, n2 = start - a, c - start
+        seg = x[a:c]
+        left = (seg[:n1] - seg.mean(axis=0)).sum(axis=0)
+        out.append(RingCut(start=int(start),
+                           gain=float((left ** 2).sum() * (n1 + n2) / (n1 * n2)),
+                           level_step=float(e[start:c].mean() - e[a:start].mean()),
+                           ring_step=seg[n1:].mean(axis=0) - seg[:n1].mean(axis=0),
+                           weight=math.sqrt(n1 * n2 / (n1 + n2))))
+    return out
+
+
+def ring_signature(cuts: Sequence[tuple[float, Sequence[RingCut]]], strong: float,
+                   min_level_step: float, min_cuts: int) -> np.ndarray | None:
+    """How the rings of this series change when a column loses atoms (a unit vector).
+
+    From the confident cuts of all tracks (``cuts``: per track its ring threshold and
+    :func:`ring_cuts`): gain at least ``strong`` times the track's threshold and a level
+    step of at least ``min_level_step`` atoms; each one's ring step, its sign turned
+    so that it points the way of a loss (the level falls), is averaged. None with fewer
+    than ``min_cuts`` confident cuts. The optics decide whether a lost atom darkens or
+    brightens each ring; the series' own confident cuts tell which.
+    """
+    steps = [-np.sign(c.level_step) * c.ring_step for threshold, track_cuts in cuts
+             for c in track_cuts
+             if c.gain >= strong * threshold and abs(c.level_step) >= min_level_step]
+    if len(steps) < max(int(min_cuts), 1):
+        return None
+    mean = np.mean(steps, axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else None
 
 
 def depths_from_starts(levels: np.ndarray, frame_depths: np.ndarray, starts: Sequence[int],
-                       lowest: int, highest: int) -> np.ndarray:
+                       lowest: int, highest: int,
+                       directions: Sequence[int] | None = None) -> np.ndarray:
     """One depth per segment of a track, given where its segments start.
 
     A segment's depth is the median of its frames' depths (rounded half up); where the
-    mean level steps between two segments but that depth does not step the same way, the
-    later segment gets the earlier one's depth plus one atom in the level's direction
-    (clipped to ``lowest … highest``), so every kept change point is a reported change.
+    mean level steps between two segments (or ``directions[i]``, if ±1 and not 0, says
+    the depth steps at ``starts[i]``) but that depth does not step the same way, the later
+    segment gets
+    the earlier one's depth plus one atom in that direction (clipped to ``lowest …
+    highest``), so every kept change point is a reported change.
     """
     e = np.asarray(levels, np.float64)
     d0 = np.asarray(frame_depths, np.float64)
     bounds = [0, *starts, len(e)]
     out = np.empty(len(e), np.int64)
     prev_d = prev_m = None
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         d, m = int(np.floor(np.median(d0[a:b]) + 0.5)), float(e[a:b].mean())
         if prev_d is not None:
-            step = int(np.sign(m - prev_m))
+            step = (int(np.sign(directions[i - 1])) if directions is not None
+                    and directions[i - 1] else int(np.sign(m - prev_m)))
             if step and int(np.sign(d - prev_d)) != step:
                 d = int(np.clip(prev_d + step, lowest, highest))
         out[a:b] = d
@@ -815,14 +913,19 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
                    noise: float | None = None, default_noise: float = 0.25,
                    min_step: float = 0.0, rings: np.ndarray | None = None,
                    ring_penalty: float = 4.5, ring_min_step: float = 0.2,
-                   ring_min_step_sigma: float = 0.0) -> np.ndarray:
+                   ring_min_step_sigma: float = 0.0, signature_z: float = math.inf,
+                   signature_strong: float = 1.8, signature_min_step: float = 0.4,
+                   signature_min_cuts: int = 5) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
 
     ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
     noise (:func:`packed_ring_noise`) and cut with the threshold ``ring_penalty · ln L``,
     keeping the cuts where the level steps by at least ``ring_min_step`` and
     ``ring_min_step_sigma`` times the level noise σ; where the rings' noise cannot be
-    measured the levels are used.
+    measured the levels are used. With a finite ``signature_z`` the series' loss
+    signature is learnt from all tracks' cuts first (:func:`ring_signature` with
+    ``signature_strong``, ``signature_min_step``, ``signature_min_cuts``) and cuts
+    significant along it are kept too (:func:`segment_track`).
     """
     sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
@@ -830,13 +933,24 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
     scaled = (np.asarray(rings, np.float64) / ring_sigma[None, :]
               if ring_sigma is not None else None)
     out = np.empty(len(levels), np.uint8)
-    for a, b in packer.tracks():
-        threshold = penalty * sigma ** 2 * np.log(max(b - a, 2))
-        out[a:b] = segment_track(
-            levels[a:b], frame_depths[a:b], threshold, lowest, highest, min_step,
-            rings=None if scaled is None else scaled[a:b],
-            ring_threshold=ring_penalty * np.log(max(b - a, 2)),
-            ring_min_step=max(ring_min_step, ring_min_step_sigma * sigma))
+    if scaled is None:
+        for a, b in packer.tracks():
+            threshold = penalty * sigma ** 2 * np.log(max(b - a, 2))
+            out[a:b] = segment_track(levels[a:b], frame_depths[a:b], threshold, lowest,
+                                     highest, min_step)
+        return out
+    level_step = max(ring_min_step, ring_min_step_sigma * sigma)
+    tracks = list(packer.tracks())
+    cuts = []
+    for a, b in tracks:
+        threshold = ring_penalty * np.log(max(b - a, 2))
+        cuts.append((threshold, ring_cuts(scaled[a:b], levels[a:b], threshold)))
+    signature = (ring_signature(cuts, signature_strong, signature_min_step,
+                                signature_min_cuts) if math.isfinite(signature_z) else None)
+    for (a, b), (_, track_cuts) in zip(tracks, cuts, strict=True):
+        starts, directions = choose_ring_cuts(track_cuts, level_step, signature, signature_z)
+        out[a:b] = depths_from_starts(levels[a:b], frame_depths[a:b], starts, lowest,
+                                      highest, directions)
     return out
 
 
@@ -870,6 +984,7 @@ def changepoint_depths(
     ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
     ring_min_step_sigma: float = 0.0,
+    signature_z: float = math.inf,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -903,7 +1018,7 @@ def changepoint_depths(
         Per frame, ``(N_t, B)`` ring means of each detection (:func:`ring_means` at the
         track's position): the change points are then cut on them
         (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``,
-        ``ring_min_step_sigma``).
+        ``ring_min_step_sigma``, ``signature_z``).
 
     Returns
     -------
@@ -927,7 +1042,8 @@ def changepoint_depths(
     packed = segment_packed(e, d0, packer, lowest, highest, penalty, noise, default_noise,
                             min_step, rings=packed_rings, ring_penalty=ring_penalty,
                             ring_min_step=ring_min_step,
-                            ring_min_step_sigma=ring_min_step_sigma)
+                            ring_min_step_sigma=ring_min_step_sigma,
+                            signature_z=signature_z)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -949,6 +1065,7 @@ def changepoint_track_depths(
     ring_penalty: float = 4.5,
     ring_min_step: float = 0.2,
     ring_min_step_sigma: float = 0.0,
+    signature_z: float = math.inf,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -967,7 +1084,8 @@ def changepoint_track_depths(
                                 first_depth + n_states - 1, penalty, noise,
                                 min_step=min_step, rings=rings, ring_penalty=ring_penalty,
                                 ring_min_step=ring_min_step,
-                                ring_min_step_sigma=ring_min_step_sigma)
+                                ring_min_step_sigma=ring_min_step_sigma,
+                                signature_z=signature_z)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences

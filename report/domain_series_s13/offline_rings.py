@@ -295,7 +295,7 @@ def depths_with_directions(e, fd, starts, dirs, lowest=1, highest=K):
     return out
 
 
-def signature_rule(std_rings, penalty, z_min, mode, strong=20.0, min_conf=3,
+def signature_rule(std_rings, penalty, z_min, mode, strong=None, min_conf=None,
                    step=0.2, step_sigma=1.0):
     """Cuts signed by the series' loss signature (see sign_study).
 
@@ -303,11 +303,21 @@ def signature_rule(std_rings, penalty, z_min, mode, strong=20.0, min_conf=3,
     mode "or": the default rule's cuts, plus cuts with z >= z_min as losses;
     mode "and": the default rule's cuts whose z agrees in sign, plus none.
     """
+    strong = float(os.environ.get("STRONG", 1.8 if mode == "sym" else 20.0)) \
+        if strong is None else strong
+    min_conf = int(os.environ.get("MIN_CONF", 5 if mode == "sym" else 3)) \
+        if min_conf is None else min_conf
+
     def make(tracks):
         s = sigma_of(tracks)
         need = max(step, step_sigma * s)
         cuts = {tr: _cuts(std_rings[tr], t["level"], penalty) for tr, t in tracks.items()}
-        conf = [c[3] for cs in cuts.values() for c in cs if c[1] >= strong and c[2] <= -0.4]
+        if mode == "sym":  # losses and gains, strong relative to each track's threshold
+            conf = [-np.sign(c[2]) * c[3] for tr, cs in cuts.items() for c in cs
+                    if c[1] >= strong * penalty * np.log(max(len(tracks[tr]["level"]), 2))
+                    and abs(c[2]) >= 0.4]
+        else:
+            conf = [c[3] for cs in cuts.values() for c in cs if c[1] >= strong and c[2] <= -0.4]
         u = np.mean(conf, axis=0) if len(conf) >= min_conf else None
         if u is not None:
             u = u / np.linalg.norm(u)
@@ -324,6 +334,9 @@ def signature_rule(std_rings, penalty, z_min, mode, strong=20.0, min_conf=3,
                 elif mode == "or":
                     keep = z >= z_min or default
                     sign = -1 if z >= z_min else int(np.sign(dstep))
+                elif mode == "sym":
+                    keep = abs(z) >= z_min or default
+                    sign = -int(np.sign(z)) if abs(z) >= z_min else int(np.sign(dstep))
                 else:  # and
                     keep, sign = default and np.sign(z) == -np.sign(dstep), int(np.sign(dstep))
                 if keep and sign:
