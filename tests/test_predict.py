@@ -728,7 +728,8 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
                 ring_penalty=series_mod.CHANGEPOINT_RING_PENALTY,
                 ring_min_step=series_mod.CHANGEPOINT_RING_MIN_STEP,
                 ring_min_step_sigma=series_mod.CHANGEPOINT_RING_MIN_STEP_SIGMA,
-                signature_z=series_mod.CHANGEPOINT_SIGNATURE_Z)
+                signature_z=series_mod.CHANGEPOINT_SIGNATURE_Z,
+                level_weight=series_mod.CHANGEPOINT_LEVEL_WEIGHT)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d
@@ -794,10 +795,16 @@ _SYNTHETIC_ATTRS = {"source": "x", "source_sha256": "a" * 64, "model": "m",
                     "model_sha256": "b" * 64, "pixel_size_A": 0.2}
 
 
-@pytest.mark.parametrize("smoothing", ["changepoint", "changepoint-levels", "hmm"])
-def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing):
+@pytest.mark.parametrize("smoothing", ["changepoint", "changepoint-levels", "hmm",
+                                       "changepoint+signature"])
+def test_streaming_postprocess_equals_whole_series(tmp_path, smoothing, monkeypatch):
     """The frame-by-frame post-processing gives what the whole-table version gives
-    (``changepoint``: with the frames, so that Ce tracks are cut on the image rings)."""
+    (``changepoint``: with the frames, so that Ce tracks are cut on the image rings;
+    ``+signature``: also with the loss signature and E[k] as a channel)."""
+    if smoothing.endswith("+signature"):
+        smoothing = "changepoint"
+        monkeypatch.setattr(series_mod, "CHANGEPOINT_SIGNATURE_Z", 2.0)
+        monkeypatch.setattr(series_mod, "CHANGEPOINT_LEVEL_WEIGHT", 1.0)
     rng = np.random.default_rng(5)
     n_frames, k, shape, p = 14, 6, (80, 80), 0.2
     with ResultsWriter(tmp_path / "s.h5", shape=shape, n_frames=n_frames,

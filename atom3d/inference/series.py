@@ -173,6 +173,9 @@ CHANGEPOINT_RING_MIN_STEP_SIGMA = 1.0
 #: learns the signature from the series' confident cuts, :func:`~atom3d.inference.tracking.segment_track`
 #: uses it; inf: off).
 CHANGEPOINT_SIGNATURE_Z = math.inf
+#: Weight of the track's E[k] (in units of its noise σ) as one more channel beside the
+#: rings when cutting Ce tracks (0: rings alone).
+CHANGEPOINT_LEVEL_WEIGHT = 0.0
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
@@ -589,7 +592,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                     rings=rings, ring_penalty=CHANGEPOINT_RING_PENALTY,
                     ring_min_step=CHANGEPOINT_RING_MIN_STEP,
                     ring_min_step_sigma=CHANGEPOINT_RING_MIN_STEP_SIGMA,
-                    signature_z=CHANGEPOINT_SIGNATURE_Z)
+                    signature_z=CHANGEPOINT_SIGNATURE_Z,
+                    level_weight=CHANGEPOINT_LEVEL_WEIGHT)
                 del levels, frame_depths, rings
                 packer.rewind()
 
@@ -787,6 +791,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_ring_min_step": CHANGEPOINT_RING_MIN_STEP,
         "changepoint_ring_min_step_sigma": CHANGEPOINT_RING_MIN_STEP_SIGMA,
         "changepoint_signature_z": CHANGEPOINT_SIGNATURE_Z,
+        "changepoint_level_weight": CHANGEPOINT_LEVEL_WEIGHT,
     }
     n = int(series.n_frames)
     track_detection = None

@@ -915,7 +915,7 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
                    ring_penalty: float = 4.5, ring_min_step: float = 0.2,
                    ring_min_step_sigma: float = 0.0, signature_z: float = math.inf,
                    signature_strong: float = 1.8, signature_min_step: float = 0.4,
-                   signature_min_cuts: int = 5) -> np.ndarray:
+                   signature_min_cuts: int = 5, level_weight: float = 0.0) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
 
     ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
@@ -925,13 +925,17 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
     measured the levels are used. With a finite ``signature_z`` the series' loss
     signature is learnt from all tracks' cuts first (:func:`ring_signature` with
     ``signature_strong``, ``signature_min_step``, ``signature_min_cuts``) and cuts
-    significant along it are kept too (:func:`segment_track`).
+    significant along it are kept too (:func:`segment_track`). With ``level_weight`` > 0
+    the level, in units of its noise σ and times ``level_weight``, is cut together with
+    the rings (one more component of the vectors).
     """
     sigma = (packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
     ring_sigma = packed_ring_noise(rings, packer.offsets) if rings is not None else None
     scaled = (np.asarray(rings, np.float64) / ring_sigma[None, :]
               if ring_sigma is not None else None)
+    if scaled is not None and level_weight > 0:
+        scaled = np.column_stack([scaled, level_weight / sigma * np.asarray(levels, np.float64)])
     out = np.empty(len(levels), np.uint8)
     if scaled is None:
         for a, b in packer.tracks():
@@ -985,6 +989,7 @@ def changepoint_depths(
     ring_min_step: float = 0.2,
     ring_min_step_sigma: float = 0.0,
     signature_z: float = math.inf,
+    level_weight: float = 0.0,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -1018,7 +1023,7 @@ def changepoint_depths(
         Per frame, ``(N_t, B)`` ring means of each detection (:func:`ring_means` at the
         track's position): the change points are then cut on them
         (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``,
-        ``ring_min_step_sigma``, ``signature_z``).
+        ``ring_min_step_sigma``, ``signature_z``, ``level_weight``).
 
     Returns
     -------
@@ -1043,7 +1048,7 @@ def changepoint_depths(
                             min_step, rings=packed_rings, ring_penalty=ring_penalty,
                             ring_min_step=ring_min_step,
                             ring_min_step_sigma=ring_min_step_sigma,
-                            signature_z=signature_z)
+                            signature_z=signature_z, level_weight=level_weight)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -1066,6 +1071,7 @@ def changepoint_track_depths(
     ring_min_step: float = 0.2,
     ring_min_step_sigma: float = 0.0,
     signature_z: float = math.inf,
+    level_weight: float = 0.0,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -1085,7 +1091,7 @@ def changepoint_track_depths(
                                 min_step=min_step, rings=rings, ring_penalty=ring_penalty,
                                 ring_min_step=ring_min_step,
                                 ring_min_step_sigma=ring_min_step_sigma,
-                                signature_z=signature_z)
+                                signature_z=signature_z, level_weight=level_weight)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences

@@ -354,6 +354,13 @@ def main_signature(dirs, grid):
         tracks = ce_tracks(r)
         sr, _, _ = ring_tracks(d, r, tracks)
         data.append((d, r, truth, drift, tracks, sr))
+    alpha = float(os.environ.get("LEVEL_CHANNEL", "0"))
+    if alpha > 0:  # E[k] / σ as a sixth channel of the segmentation
+        for i, (d, r, truth, drift, tracks, sr) in enumerate(data):
+            sk = sigma_of(tracks)
+            sr = {tr: np.column_stack([v, alpha * tracks[tr]["level"] / sk])
+                  for tr, v in sr.items()}
+            data[i] = (d, r, truth, drift, tracks, sr)
     for pen, z, mode in grid:
         tot = [0, 0, 0, 0]
         worst = 0.0
