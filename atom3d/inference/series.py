@@ -160,7 +160,7 @@ CHANGEPOINT_MIN_STEP = 0.4
 #: (worst series 3.8 %; with the 0.2-atom step alone, before the σ step below), against
 #: 130/194 (67 %) at 2.8 % for E[k] alone (changepoint-levels). With the final rule, seeds
 #: 0-7: 220/259 (85 %) at 1.8-3.7 % flicker per series. See report/change_detection_s12/.
-CHANGEPOINT_RING_PENALTY = 4.5
+CHANGEPOINT_RING_PENALTY = 5.5  # 4.5 with the rings alone (session 12); see below
 CHANGEPOINT_RING_MIN_STEP = 0.2
 #: ... and by at least this many σ of the series' frame-to-frame E[k] noise (σ is 0.20-0.22
 #: on the demo series at 0.2 Å/px, 0.30-0.33 on the same resampled to 0.3 Å/px, where the
@@ -172,10 +172,17 @@ CHANGEPOINT_RING_MIN_STEP_SIGMA = 1.0
 #: at least this significant (session 13; :func:`~atom3d.inference.tracking.ring_signature`
 #: learns the signature from the series' confident cuts, :func:`~atom3d.inference.tracking.segment_track`
 #: uses it; inf: off).
-CHANGEPOINT_SIGNATURE_Z = math.inf
+CHANGEPOINT_SIGNATURE_Z = 3.0
 #: Weight of the track's E[k] (in units of its noise σ) as one more channel beside the
-#: rings when cutting Ce tracks (0: rings alone).
-CHANGEPOINT_LEVEL_WEIGHT = 0.0
+#: rings when cutting Ce tracks (0: rings alone). Session 13 tuned these three (penalty,
+#: signature z, level weight) on 8 demo-like series over the model's domain (random
+#: optics, 0.17-0.28 Å/px, tilt <= 10 mrad, 1000 e/Å²; report/domain_series_s13/) and the
+#: demo series seeds 0-3, all with the column detection over time: rings alone at 4.5
+#: report 182/251 (73 %) and 105/128 (82 %) true changes at 2.0 % and 3.1 % flicker (worst
+#: series 3.2 and 4.1 %); with 5.5 / 3 / 0.7, 194/251 (77 %) and 108/128 (84 %) at 2.0 and
+#: 2.5 % (worst 3.2 and 3.9 %). Weights 0.5 / 0.85 and penalty 5.0 move along the same
+#: curve (190-196/251 at worst 3.0-3.9 %).
+CHANGEPOINT_LEVEL_WEIGHT = 0.7
 #: Level noise used when a series has too few within-track differences to measure it:
 #: σ of the expected Ce depth between frames of those demo series (0.22-0.26).
 DEFAULT_LEVEL_NOISE = 0.25
