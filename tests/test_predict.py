@@ -277,6 +277,21 @@ def test_tta_is_recorded_and_guards_resume(series_tif, model_dir, tmp_path, caps
     assert "1, 4 or 8" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_column_detection_over_time_is_recorded_and_guards_resume(series_tif, model_dir,
+                                                                  tmp_path):
+    out = tmp_path / "c.h5"
+    assert _predict(series_tif, out, model_dir) == 0
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert attrs["track_detection"] is True
+    assert list(attrs["track_candidate_threshold"]) == [
+        series_mod.TRACK_CANDIDATE_THRESHOLD[sp] for sp in ("Ce", "O")]
+    before = out.stat().st_mtime_ns
+    assert _predict(series_tif, out, model_dir, "--resume") == 0  # the same run: kept
+    assert out.stat().st_mtime_ns == before
+    assert _predict(series_tif, out, model_dir, "--frame-columns", "--resume") == 0  # redone
+    assert read_results(out, load_maps=False)["attrs"]["track_detection"] is False
+
+
 def test_calibration_is_recorded_and_a_new_calibration_is_not_resumed_into(
         series_tif, model_dir, tmp_path):
     from atom3d.models.artifact import save_pass_calibration

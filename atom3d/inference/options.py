@@ -69,6 +69,11 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "'hmm' (hidden Markov model) or 'none'")
     p.add_argument("--no-smooth", action="store_true",
                    help="keep frame-by-frame column depths (same as --smoothing none)")
+    p.add_argument("--frame-columns", action="store_true",
+                   help="report the columns each frame finds on its own (the model's "
+                        "column threshold) instead of deciding over time (default for "
+                        "series of >= 3 frames: a faint column present in most frames is "
+                        "reported, a one-frame ghost is not)")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
                    help="also draw figures (PNG) into DIR")
     p.add_argument("--xyz", type=Path, default=None, metavar="DIR",

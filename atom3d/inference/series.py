@@ -744,7 +744,7 @@ def source_sha256(path: str | os.PathLike) -> str:
 
 def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
                    resume: bool = False, smoothing: str = "changepoint", progress: bool = True,
-                   source_hash: str | None = None) -> dict[str, Any]:
+                   source_hash: str | None = None, track_columns: bool = True) -> dict[str, Any]:
     """Predict every frame of a series into a results file, then track and finalise it.
 
     Parameters
@@ -765,6 +765,10 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         Show a progress bar over frames (on a terminal).
     source_hash : str, optional
         SHA-256 of the input if already known (computed otherwise).
+    track_columns : bool
+        Decide which columns to report per track (series of at least
+        ``TRACK_DETECTION_MIN_FRAMES`` frames; see :func:`postprocess`); False: each
+        frame's own columns above the model's threshold.
 
     Returns
     -------
@@ -801,17 +805,11 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_level_weight": CHANGEPOINT_LEVEL_WEIGHT,
     }
     n = int(series.n_frames)
+    attrs.update(_column_attrs(n, track_columns))
     track_detection = None
-    if n >= TRACK_DETECTION_MIN_FRAMES:
+    if attrs["track_detection"]:
         track_detection = {sp: (predictor.artifact.column_threshold[sp],
                                 TRACK_PRESENCE_THRESHOLD[sp]) for sp in _SPECIES}
-    attrs["track_detection"] = track_detection is not None
-    if track_detection is not None:
-        attrs["track_candidate_threshold"] = np.array(
-            [TRACK_CANDIDATE_THRESHOLD[sp] for sp in _SPECIES], np.float64)
-        attrs["track_presence_threshold"] = np.array(
-            [TRACK_PRESENCE_THRESHOLD[sp] for sp in _SPECIES], np.float64)
-        attrs["track_detection_min_length"] = TRACK_DETECTION_MIN_LENGTH
     predictor.check_frame_shape(tuple(series.shape), float(series.pixel_size_A))  # before any file
     out.parent.mkdir(parents=True, exist_ok=True)
     floor_before = predictor.column_floor
@@ -923,15 +921,38 @@ def _predictor_attrs(predictor: Predictor) -> dict[str, Any]:
     }
 
 
-def _complete_matches(out: Path, source_hash: str, predictor: Predictor) -> bool:
-    """Whether ``out`` is a complete results file for this input, model, calibration and
-    ``--tta``."""
+def _column_attrs(n_frames: int, track_columns: bool) -> dict[str, Any]:
+    """The results-file attributes of the column detection over time (the keys of
+    :data:`~atom3d.io.results.COLUMN_ATTRS` and the rule's settings)."""
+    on = bool(track_columns) and n_frames >= TRACK_DETECTION_MIN_FRAMES
+    if not on:
+        return {"track_detection": False}
+    return {
+        "track_detection": True,
+        "track_candidate_threshold": [TRACK_CANDIDATE_THRESHOLD[sp] for sp in _SPECIES],
+        "track_presence_threshold": [TRACK_PRESENCE_THRESHOLD[sp] for sp in _SPECIES],
+        "track_detection_min_length": TRACK_DETECTION_MIN_LENGTH,
+    }
+
+
+def _complete_matches(out: Path, source_hash: str, predictor: Predictor,
+                      column_attrs: dict[str, Any] | None = None) -> bool:
+    """Whether ``out`` is a complete results file for this input, model, calibration,
+    ``--tta`` and column detection (``column_attrs``, see :func:`_column_attrs`)."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
+    wanted = {**_predictor_attrs(predictor), **(column_attrs or {})}
     return attrs.get("source_sha256") == source_hash and all(
-        attrs.get(key) == value for key, value in _predictor_attrs(predictor).items())
+        _plain_equal(attrs.get(key), value) for key, value in wanted.items())
+
+
+def _plain_equal(a: Any, b: Any) -> bool:
+    """Equality of attribute values read back (arrays as lists, numpy scalars as Python)."""
+    def plain(v: Any) -> Any:
+        return np.asarray(v).tolist() if isinstance(v, np.ndarray | list | np.generic) else v
+    return plain(a) == plain(b)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1008,7 +1029,8 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
     with open_series(src, pixel_size_A=args.pixel_size) as series:
         digest = source_sha256(src)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
-                and _complete_matches(dst, digest, predictor)):
+                and _complete_matches(dst, digest, predictor,
+                                      _column_attrs(series.n_frames, not args.frame_columns))):
             print(f"{dst}: already complete for this input, model, calibration and passes (kept)")
             summary = None
         else:
@@ -1020,6 +1042,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
                       "series on a CPU", file=sys.stderr)
             summary = predict_series(series, dst, predictor, resume=args.resume,
                                      smoothing="none" if args.no_smooth else args.smoothing,
+                                     track_columns=not args.frame_columns,
                                      progress=not args.quiet,
                                      source_hash=digest)
     if summary is not None:

@@ -162,7 +162,9 @@ _RESERVED_ATTRS = ("format", "format_version", "created", "complete")
 #: ``atom3d.inference.series`` writes exactly these for a run.
 NETWORK_ATTRS = ("model_sha256", "test_time_augmentation", "tta_passes",
                  "calibration_passes", "calibration_sha256")
-_RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS)
+#: ... and the column candidates a series' frames keep (``atom3d.inference.series``).
+COLUMN_ATTRS = ("track_detection", "track_candidate_threshold")
+_RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS, *COLUMN_ATTRS)
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
@@ -638,7 +640,7 @@ class ResultsWriter:
     def _check_resume_matches(self, f: h5py.File) -> None:
         """Refuse to resume a partial file written for another input, model or shape."""
         for key in _RESUME_KEYS:
-            old, new = _plain(f.attrs.get(key)), self._attrs.get(key)
+            old, new = _plain(f.attrs.get(key)), _plain(self._attrs.get(key))
             if not _same(old, new):
                 raise InputFileError(
                     f"cannot resume {self.partial_path}: {key} is {old!r} there but {new!r} "
