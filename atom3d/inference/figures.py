@@ -207,8 +207,10 @@ def _plot_tracks(path: Path, cols: dict[str, np.ndarray], events: dict[str, np.n
     if shown:
         ax.legend(fontsize=7, ncol=2)
         n_change = sum(1 for t in tracks if changes.get(int(t)))
-        ax.set_title(f"{len(shown)} of {tracks.size} tracks with events "
-                     f"({n_change} changed depth; others appeared or vanished)")
+        rest = tracks.size - n_change
+        ax.set_title(f"{tracks.size} tracks with events: {n_change} changed depth"
+                     + (f", {rest} only appeared or vanished" if rest else "")
+                     + (f" ({len(shown)} shown)" if len(shown) < tracks.size else ""))
     else:
         ax.text(0.5, 0.5, "no events (no column changed, appeared or vanished)",
                 ha="center", va="center", transform=ax.transAxes)
