@@ -614,6 +614,7 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
         n_o = np.zeros(n_frames, np.int64)
         summaries: dict[str, np.ndarray] = {}
         keep_rows = np.ones(int(bounds[-1]), bool) if reported is not None else None
+        own_rows_lack_summaries = not all(name in frames for name in _SUMMARY_DTYPES)
         backward_fields = ("species", "depth_frame", "confidence_frame", *p_fields,
                            *(("x", "y") if reported is not None else ()))
         for t in reversed(range(n_frames)):
@@ -654,6 +655,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
             n_o[t] = depth[~is_ce & kept].sum()
             if keep_rows is not None:
                 keep_rows[int(bounds[t]):int(bounds[t + 1])] = kept
+            if keep_rows is not None and (own_rows_lack_summaries or not kept.all()):
+                # (else the frame's own row, written at prediction, holds)
                 ce = is_ce & kept
                 area, radius = area_and_radius(r["x"][ce], r["y"][ce])
                 for name, value in (("area_A2", area), ("radius_A", radius),
@@ -661,23 +664,23 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                                      count_surface_columns(r["x"][ce], r["y"][ce])),
                                     ("n_ce_columns", ce.sum()),
                                     ("n_o_columns", (~is_ce & kept).sum())):
-                    summaries.setdefault(name, np.zeros(n_frames))[t] = value
+                    if name not in summaries:  # rows sorted by frame: index = frame
+                        summaries[name] = (np.zeros(n_frames) if own_rows_lack_summaries
+                                           else np.asarray(frames[name], np.float64).copy())
+                    summaries[name][t] = value
     events = backward["Ce"].sorted_events() + backward["O"].sorted_events()
     events.sort(key=lambda e: (e["frame"], e["track"]))
 
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(n_ce > 0, n_o / np.maximum(n_ce, 1), np.nan)
     order = frames["frame"]  # rows of read_frames are sorted by frame: 0 .. T-1
-    summary_dtypes = {"area_A2": np.float32, "radius_A": np.float32,
-                      "n_surface_columns": np.int32, "n_ce_columns": np.int32,
-                      "n_o_columns": np.int32}
     writer.update_frames({
         "drift_x": drift[order, 0].astype(np.float32),
         "drift_y": drift[order, 1].astype(np.float32),
         "n_ce": n_ce[order].astype(np.int32),
         "n_o": n_o[order].astype(np.int32),
         "o_ce_ratio": ratio[order].astype(np.float32),
-        **{name: v[order].astype(summary_dtypes[name]) for name, v in summaries.items()},
+        **{name: v[order].astype(_SUMMARY_DTYPES[name]) for name, v in summaries.items()},
     })
     writer.write_events(events)
     stats = {"n_events": len(events), "n_tracks": next_id, "smoothing": smoothing}
@@ -686,6 +689,12 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
             **stats, "n_dropped_rows": int(np.sum(~keep_rows)),
             "n_reported_tracks": int(sum(int(v.sum()) for v in reported.values()))})
     return stats
+
+
+#: The per-frame summaries of ``/frames`` that the column detection over time recomputes.
+_SUMMARY_DTYPES = {"area_A2": np.float32, "radius_A": np.float32,
+                   "n_surface_columns": np.int32, "n_ce_columns": np.int32,
+                   "n_o_columns": np.int32}
 
 
 class _TrackPresence:
