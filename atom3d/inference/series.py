@@ -95,7 +95,13 @@ from atom3d.inference.tracking import (
     ring_means,
     segment_packed,
 )
-from atom3d.io.results import ResultsWriter, partial_path, read_results, sha256_file
+from atom3d.io.results import (
+    ResultsWriter,
+    attr_equal,
+    partial_path,
+    read_results,
+    sha256_file,
+)
 from atom3d.models import DEFAULT_MODEL  # model used when --model is not given
 
 __all__ = [
@@ -955,14 +961,7 @@ def _complete_matches(out: Path, source_hash: str, predictor: Predictor,
         return False
     wanted = {**_predictor_attrs(predictor), **(column_attrs or {})}
     return attrs.get("source_sha256") == source_hash and all(
-        _plain_equal(attrs.get(key), value) for key, value in wanted.items())
-
-
-def _plain_equal(a: Any, b: Any) -> bool:
-    """Equality of attribute values read back (arrays as lists, numpy scalars as Python)."""
-    def plain(v: Any) -> Any:
-        return np.asarray(v).tolist() if isinstance(v, np.ndarray | list | np.generic) else v
-    return plain(a) == plain(b)
+        attr_equal(attrs.get(key), value) for key, value in wanted.items())
 
 
 # --------------------------------------------------------------------------- CLI

@@ -573,14 +573,9 @@ def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) 
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return []
-    x = x.reshape(len(x), -1)
+    x = _nan_as_mean(x.reshape(len(x), -1))
     if min_step > 0 and x.shape[1] != 1:
         raise ValueError("min_step applies to a scalar sequence only")
-    finite = np.isfinite(x)
-    if not finite.all():
-        fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
-                         for j in range(x.shape[1])])
-        x = np.where(finite, x, fill[None, :])
     out: list[int] = []
     stack = [(0, len(x))]
     while stack:
@@ -599,6 +594,16 @@ def segment_starts(values: np.ndarray, threshold: float, min_step: float = 0.0) 
             out.append(lo + j + 1)
             stack += [(lo, lo + j + 1), (lo + j + 1, hi)]
     return sorted(out)
+
+
+def _nan_as_mean(x: np.ndarray) -> np.ndarray:
+    """``x`` (L, B) with each NaN replaced by its column's mean (0 if all NaN)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return x
+    fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
+                     for j in range(x.shape[1])])
+    return np.where(finite, x, fill[None, :])
 
 
 def ring_means(frame: np.ndarray, x_A: np.ndarray, y_A: np.ndarray, pixel_size_A: float,
@@ -833,16 +838,11 @@ def ring_cuts(rings: np.ndarray, levels: np.ndarray, threshold: float) -> list[R
     """The cuts of :func:`segment_starts` on ``rings`` (L, B), each with its gain and the
     steps of the rings and of ``levels`` between its neighbouring cuts (NaN rings count
     as their track mean)."""
-    x = np.asarray(rings, np.float64).reshape(len(rings), -1)
+    x = _nan_as_mean(np.asarray(rings, np.float64).reshape(len(rings), -1))
     e = np.asarray(levels, np.float64)
     found = segment_starts(x, threshold)
     if not found:
         return []
-    finite = np.isfinite(x)
-    if not finite.all():
-        fill = np.array([x[finite[:, j], j].mean() if finite[:, j].any() else 0.0
-                         for j in range(x.shape[1])])
-        x = np.where(finite, x, fill[None, :])
     edges = [0, *found, len(e)]
     out = []
     for i, start in enumerate(found):

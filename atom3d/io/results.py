@@ -86,6 +86,7 @@ __all__ = [
     "MAP_NAMES",
     "SPECIES",
     "ResultsWriter",
+    "attr_equal",
     "open_results",
     "partial_path",
     "read_results",
@@ -291,6 +292,12 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float | np.floating) and isinstance(b, float | np.floating):
         return (math.isnan(a) and math.isnan(b)) or a == b
     return a == b
+
+
+def attr_equal(a: Any, b: Any) -> bool:
+    """Whether two attribute values are the same, as written or as read back (arrays and
+    lists alike, numpy scalars as Python ones, NaN equal to NaN)."""
+    return _same(_plain(a), _plain(b))
 
 
 def _plain(value: Any) -> Any:
@@ -641,7 +648,7 @@ class ResultsWriter:
         """Refuse to resume a partial file written for another input, model or shape."""
         for key in _RESUME_KEYS:
             old, new = _plain(f.attrs.get(key)), _plain(self._attrs.get(key))
-            if not _same(old, new):
+            if not attr_equal(old, new):
                 raise InputFileError(
                     f"cannot resume {self.partial_path}: {key} is {old!r} there but {new!r} "
                     "now; delete it or run without --resume"

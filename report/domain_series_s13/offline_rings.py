@@ -68,42 +68,52 @@ def rule(std_rings, penalty, step, step_sigma):
         s = sigma_of(tracks)
         need = max(step, step_sigma * s)
 
-        def f(tr, t):
-            e, L = t["level"], len(t["level"])
-            found = T.segment_starts(std_rings[tr], penalty * np.log(max(L, 2)))
-            edges = [0, *found, L]
-            starts = [st for i, st in enumerate(found)
-                      if abs(e[st:edges[i + 2]].mean() - e[edges[i]:st].mean()) >= need]
-            return T.depths_from_starts(e, t["fd"], starts, 1, K)
+        def f(tr, t):  # the package's rule (atom3d.inference.tracking.segment_track)
+            return T.segment_track(t["level"], t["fd"], 0.0, 1, K, rings=std_rings[tr],
+                                   ring_threshold=penalty * np.log(max(len(t["level"]), 2)),
+                                   ring_min_step=need)
         return f
     return make
 
 
-def main(dirs, grid):
+def score(data, make_rule):
+    """Changes reported, flicker and the worst series' flicker of a rule over the series.
+
+    ``data`` holds ``(dir, results, truth, drift, tracks, std_rings)`` per series;
+    ``make_rule(std_rings)`` returns the rule (tracks -> per-track depth function).
+    """
+    tot = [0, 0, 0, 0]
+    worst = 0.0
+    line = []
+    for d, r, truth, drift, tracks, sr in data:
+        sc = rescore(r, truth, drift, tracks, make_rule(sr)(tracks))
+        tot[0] += sc["changes_reported"]
+        tot[1] += sc["changes_true"]
+        tot[2] += sc["flickers"]
+        tot[3] += sc["steady_pairs"]
+        worst = max(worst, sc["flicker"])
+        line.append(f"{d.name}:{sc['changes_reported']}/{sc['changes_true']}"
+                    f"@{sc['flicker']:.1%}")
+    return (f"{tot[0]}/{tot[1]} ({tot[0] / tot[1]:.0%}) flicker {tot[2] / tot[3]:.1%} "
+            f"worst {worst:.1%} | " + " ".join(line))
+
+
+def load_all(dirs):
+    """Per series: ``(dir, results, truth, drift, Ce tracks, standardised rings)``."""
     data = []
     for d in dirs:
         r, truth, drift = load(d)
         tracks = ce_tracks(r)
-        sr, sig, pix = ring_tracks(d, r, tracks)
-        data.append((d, r, truth, drift, tracks, sr, pix))
+        data.append((d, r, truth, drift, tracks, ring_tracks(d, r, tracks)[0]))
+    return data
+
+
+def main(dirs, grid):
+    data = load_all(dirs)
     for pen, step, ssig in grid:
-        tot = [0, 0, 0, 0]
-        worst = 0.0
-        line = []
-        for d, r, truth, drift, tracks, sr, _pix in data:
-            sc = rescore(r, truth, drift, tracks, rule(sr, pen, step, ssig)(tracks))
-            tot[0] += sc["changes_reported"]
-            tot[1] += sc["changes_true"]
-            tot[2] += sc["flickers"]
-            tot[3] += sc["steady_pairs"]
-            worst = max(worst, sc["flicker"])
-            line.append(f"{d.name}:{sc['changes_reported']}/{sc['changes_true']}"
-                        f"@{sc['flicker']:.1%}")
-        print(f"penalty {pen} step {step} sigma {ssig}: {tot[0]}/{tot[1]} "
-              f"({tot[0] / tot[1]:.0%}) flicker {tot[2] / tot[3]:.1%} worst {worst:.1%} | "
-              + " ".join(line), flush=True)
-
-
+        print(f"penalty {pen} step {step} sigma {ssig}: "
+              + score(data, lambda sr, pen=pen, step=step, ssig=ssig:
+                      rule(sr, pen, step, ssig)), flush=True)
 
 
 def missed(d):
@@ -190,17 +200,7 @@ def cut_census(d, penalty=4.5):
     for tr, t in tracks.items():
         x0 = np.mean(cols["x"][t["rows"]] - r["frames"]["drift_x"][t["frames"]])
         y0 = np.mean(cols["y"][t["rows"]] - r["frames"]["drift_y"][t["frames"]])
-        L = len(t["level"])
-        found = T.segment_starts(sr[tr], penalty * np.log(max(L, 2)))
-        edges = [0, *found, L]
-        x = np.where(np.isfinite(sr[tr]), sr[tr], np.nanmean(sr[tr], axis=0))
-        for i, st in enumerate(found):
-            a, c = edges[i], edges[i + 2]
-            seg = x[a:c]
-            k = st - a
-            left = (seg[:k] - seg.mean(0)).sum(0)
-            gain = float((left ** 2 * len(seg) / (k * (len(seg) - k))).sum())
-            step = float(t["level"][st:c].mean() - t["level"][a:st].mean())
+        for st, gain, step, dvec, weight in _cuts(sr[tr], t["level"], penalty):
             f = int(t["frames"][st])  # first frame after the cut
             kind = "none"
             near = np.inf
@@ -212,15 +212,12 @@ def cut_census(d, penalty=4.5):
                 kind = "own"
             elif near < 4.0:
                 kind = "neighbour"
-            dvec = seg[k:].mean(0) - seg[:k].mean(0)
             out.append({"kind": kind, "gain": gain, "step": step, "near": near,
-                        "dvec": dvec, "track": tr, "frame": f,
-                        "weight": np.sqrt(k * (len(seg) - k) / len(seg))})
+                        "dvec": dvec, "track": tr, "frame": f, "weight": weight})
             if os.environ.get("CENSUS") == "print":
                 print(f"{d.name} track {tr} cut@frame {f} {kind:9s} gain {gain:6.1f} "
-                  f"E[k] step {step:+.2f} nearest change {near:.1f} A")
+                      f"E[k] step {step:+.2f} nearest change {near:.1f} A")
     return out
-
 
 
 def sign_study(dirs, strong=20.0):
@@ -262,37 +259,11 @@ def sign_study(dirs, strong=20.0):
 
 
 def _cuts(rings, level, penalty):
-    """Ring cuts of one track: (start, gain, E[k] step, Δrings, weight)."""
-    L = len(level)
-    found = T.segment_starts(rings, penalty * np.log(max(L, 2)))
-    edges = [0, *found, L]
-    x = np.where(np.isfinite(rings), rings, np.nanmean(rings, axis=0))
-    out = []
-    for i, st in enumerate(found):
-        a, c = edges[i], edges[i + 2]
-        seg, k = x[a:c], st - a
-        left = (seg[:k] - seg.mean(0)).sum(0)
-        gain = float((left ** 2 * len(seg) / (k * (len(seg) - k))).sum())
-        step = float(level[st:c].mean() - level[a:st].mean())
-        out.append((st, gain, step, seg[k:].mean(0) - seg[:k].mean(0),
-                    np.sqrt(k * (len(seg) - k) / len(seg))))
-    return out
-
-
-def depths_with_directions(e, fd, starts, dirs, lowest=1, highest=K):
-    """depths_from_starts with each step's direction given (±1) instead of E[k]'s."""
-    bounds = [0, *starts, len(e)]
-    out = np.empty(len(e), np.int64)
-    prev = None
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        d = int(np.floor(np.median(fd[a:b]) + 0.5))
-        if prev is not None:
-            step = dirs[i - 1]
-            if int(np.sign(d - prev)) != step:
-                d = int(np.clip(prev + step, lowest, highest))
-        out[a:b] = d
-        prev = d
-    return out
+    """Ring cuts of one track (:func:`atom3d.inference.tracking.ring_cuts`) as tuples
+    (start, gain, E[k] step, Δrings, weight)."""
+    threshold = penalty * np.log(max(len(level), 2))
+    return [(c.start, c.gain, c.level_step, c.ring_step, c.weight)
+            for c in T.ring_cuts(rings, level, threshold)]
 
 
 def signature_rule(std_rings, penalty, z_min, mode, strong=None, min_conf=None,
@@ -342,18 +313,13 @@ def signature_rule(std_rings, penalty, z_min, mode, strong=None, min_conf=None,
                 if keep and sign:
                     starts.append(st)
                     dirs.append(sign)
-            return depths_with_directions(t["level"], t["fd"], starts, dirs)
+            return T.depths_from_starts(t["level"], t["fd"], starts, 1, K, dirs)
         return f
     return make
 
 
 def main_signature(dirs, grid):
-    data = []
-    for d in dirs:
-        r, truth, drift = load(d)
-        tracks = ce_tracks(r)
-        sr, _, _ = ring_tracks(d, r, tracks)
-        data.append((d, r, truth, drift, tracks, sr))
+    data = load_all(dirs)
     alpha = float(os.environ.get("LEVEL_CHANNEL", "0"))
     if alpha > 0:  # E[k] / σ as a sixth channel of the segmentation
         for i, (d, r, truth, drift, tracks, sr) in enumerate(data):
@@ -362,22 +328,9 @@ def main_signature(dirs, grid):
                   for tr, v in sr.items()}
             data[i] = (d, r, truth, drift, tracks, sr)
     for pen, z, mode in grid:
-        tot = [0, 0, 0, 0]
-        worst = 0.0
-        line = []
-        for d, r, truth, drift, tracks, sr in data:
-            sc = rescore(r, truth, drift, tracks, signature_rule(sr, pen, z, mode)(tracks))
-            tot[0] += sc["changes_reported"]
-            tot[1] += sc["changes_true"]
-            tot[2] += sc["flickers"]
-            tot[3] += sc["steady_pairs"]
-            worst = max(worst, sc["flicker"])
-            line.append(f"{d.name}:{sc['changes_reported']}/{sc['changes_true']}"
-                        f"@{sc['flicker']:.1%}")
-        print(f"{mode} penalty {pen} z {z}: {tot[0]}/{tot[1]} ({tot[0] / tot[1]:.0%}) "
-              f"flicker {tot[2] / tot[3]:.1%} worst {worst:.1%} | " + " ".join(line),
-              flush=True)
-
+        print(f"{mode} penalty {pen} z {z}: "
+              + score(data, lambda sr, pen=pen, z=z, mode=mode:
+                      signature_rule(sr, pen, z, mode)), flush=True)
 
 if __name__ == "__main__":
     if os.environ.get("CENSUS") == "print":
