@@ -222,12 +222,28 @@ def depth_sigma_rule(penalty=CHANGEPOINT_PENALTY, min_step=CHANGEPOINT_MIN_STEP,
     return make
 
 
+def true_changes(truth, drift, species="Ce"):
+    """Every true depth change: (t, i, before, after, drift-corrected xy) for column i of
+    frame t whose depth differs in frame t + 1 (0 if it is gone there), followed by its
+    drift-corrected position within 0.5 Å (as atom3d.demo.temporal_scores does)."""
+    from scipy.spatial import cKDTree
+
+    for t in range(len(truth) - 1):
+        a, b = truth[t][species], truth[t + 1][species]
+        xa = np.column_stack([a["x"], a["y"]]) - drift[t]
+        xb = np.column_stack([b["x"], b["y"]]) - drift[t + 1]
+        dist, j = cKDTree(xb).query(xa, distance_upper_bound=0.5)
+        for i in range(len(xa)):
+            da = int(a["depth"][i])
+            db = int(b["depth"][j[i]]) if np.isfinite(dist[i]) else 0
+            if da != db:
+                yield t, i, da, db, xa[i]
+
+
 def change_table(r, truth, drift, tracks):
     """Per true Ce change: frame t (change between t and t+1), depth before/after,
     E[k] step on the matched track (mean after - mean before, 2 frames each side), and
     the track's series σ-normalised step."""
-    from scipy.spatial import cKDTree
-
     from atom3d.evaluation.metrics import match_columns
     cols = r["columns"]
     n = len(truth)
@@ -243,24 +259,15 @@ def change_table(r, truth, drift, tracks):
         for f, row, lv in zip(tk["frames"], tk["rows"], tk["level"], strict=False):
             row_track[int(row)] = (tr, int(f), lv)
     out = []
-    for t in range(n - 1):
-        a, b = truth[t]["Ce"], truth[t + 1]["Ce"]
-        xa = np.column_stack([a["x"], a["y"]]) - drift[t]
-        xb = np.column_stack([b["x"], b["y"]]) - drift[t + 1]
-        dist, j = cKDTree(xb).query(xa, distance_upper_bound=0.5)
-        for i in range(len(xa)):
-            da = int(a["depth"][i])
-            db = int(b["depth"][j[i]]) if np.isfinite(dist[i]) else 0
-            if da == db:
-                continue
-            rec = {"t": t, "before": da, "after": db, "matched": i in matched[t]}
-            if i in matched[t]:
-                tr, f, _ = row_track[matched[t][i]]
-                tk = tracks[tr]
-                e, fr = tk["level"], tk["frames"]
-                pre = e[(fr <= t) & (fr > t - 2)]
-                post = e[(fr > t) & (fr <= t + 2)]
-                rec.update(track=tr, step=(post.mean() - pre.mean()) if len(pre) and len(post) else np.nan,
-                           n_track=len(e))
-            out.append(rec)
+    for t, i, da, db, _ in true_changes(truth, drift):
+        rec = {"t": t, "before": da, "after": db, "matched": i in matched[t]}
+        if i in matched[t]:
+            tr, f, _ = row_track[matched[t][i]]
+            tk = tracks[tr]
+            e, fr = tk["level"], tk["frames"]
+            pre = e[(fr <= t) & (fr > t - 2)]
+            post = e[(fr > t) & (fr <= t + 2)]
+            rec.update(track=tr, step=(post.mean() - pre.mean()) if len(pre) and len(post) else np.nan,
+                       n_track=len(e))
+        out.append(rec)
     return out

@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "change_detection_s12"))
-from offline import ce_tracks, load, rescore, sigma_of  # noqa: E402
+from offline import ce_tracks, load, rescore, sigma_of, true_changes  # noqa: E402
 
 from atom3d.inference import tracking as T  # noqa: E402
 from atom3d.io.readers import open_series  # noqa: E402
@@ -118,8 +118,6 @@ def main(dirs, grid):
 
 def missed(d):
     """Print every true Ce change the file's events miss, with what its track shows."""
-    from scipy.spatial import cKDTree
-
     from atom3d.evaluation.metrics import match_columns
 
     r, truth, drift = load(d)
@@ -137,38 +135,29 @@ def missed(d):
         pi, ti = match_columns(np.column_stack([cols["x"][sel], cols["y"][sel]]),
                                np.column_stack([tr["x"], tr["y"]]), 1.0)
         matched.append({int(j): int(cols["track"][sel[i]]) for i, j in zip(pi, ti, strict=True)})
-    for t in range(n - 1):
-        a, b = truth[t]["Ce"], truth[t + 1]["Ce"]
-        xa = np.column_stack([a["x"], a["y"]]) - drift[t]
-        xb = np.column_stack([b["x"], b["y"]]) - drift[t + 1]
-        dist, j = cKDTree(xb).query(xa, distance_upper_bound=0.5)
-        for i in range(len(xa)):
-            da = int(a["depth"][i])
-            db = int(b["depth"][j[i]]) if np.isfinite(dist[i]) else 0
-            if da == db:
-                continue
-            tr = matched[t].get(i)
-            hit = tr is not None and any((tr, f) in evs for f in (t, t + 1, t + 2))
-            if hit:
-                continue
-            if tr is None:
-                print(f"{d.name} t={t} {da}->{db}: not detected in frame {t}")
-                continue
-            tk = tracks[tr]
-            k = int(np.searchsorted(tk["frames"], t + 1))
-            rings = sr[tr]
-            L = len(rings)
-            # gain of a split at k against the whole track (one split, all rings)
-            x = np.where(np.isfinite(rings), rings, np.nanmean(rings, axis=0))
-            if 0 < k < L:
-                left = (x[:k] - x.mean(0)).sum(0)
-                gain = float((left ** 2 * L / (k * (L - k))).sum())
-                step = float(tk["level"][k:].mean() - tk["level"][:k].mean())
-            else:
-                gain = step = float("nan")
-            print(f"{d.name} t={t} {da}->{db} track {tr} frames {tk['frames'].min()}-"
-                  f"{tk['frames'].max()} gain@{k} {gain:.1f} (thr {4.5 * np.log(max(L, 2)):.1f})"
-                  f" E[k] step {step:+.2f} | E[k] {np.round(tk['level'], 1).tolist()}")
+    for t, i, da, db, _ in true_changes(truth, drift):
+        tr = matched[t].get(i)
+        hit = tr is not None and any((tr, f) in evs for f in (t, t + 1, t + 2))
+        if hit:
+            continue
+        if tr is None:
+            print(f"{d.name} t={t} {da}->{db}: not detected in frame {t}")
+            continue
+        tk = tracks[tr]
+        k = int(np.searchsorted(tk["frames"], t + 1))
+        rings = sr[tr]
+        L = len(rings)
+        # gain of a split at k against the whole track (one split, all rings)
+        x = np.where(np.isfinite(rings), rings, np.nanmean(rings, axis=0))
+        if 0 < k < L:
+            left = (x[:k] - x.mean(0)).sum(0)
+            gain = float((left ** 2 * L / (k * (L - k))).sum())
+            step = float(tk["level"][k:].mean() - tk["level"][:k].mean())
+        else:
+            gain = step = float("nan")
+        print(f"{d.name} t={t} {da}->{db} track {tr} frames {tk['frames'].min()}-"
+              f"{tk['frames'].max()} gain@{k} {gain:.1f} (thr {4.5 * np.log(max(L, 2)):.1f})"
+              f" E[k] step {step:+.2f} | E[k] {np.round(tk['level'], 1).tolist()}")
 
 
 def cut_census(d, penalty=4.5):
@@ -178,7 +167,6 @@ def cut_census(d, penalty=4.5):
     within 4 Å did (and this one did not); none: nothing changed near it. Printed with
     the gain and the E[k] step, to see what tells true cuts from the others.
     """
-    from scipy.spatial import cKDTree
 
 
     r, truth, drift = load(d)
@@ -187,14 +175,9 @@ def cut_census(d, penalty=4.5):
     cols = r["columns"]
     n = len(truth)
     # true changes per frame pair: drift-corrected positions of changing columns
-    changed = []
-    for t in range(n - 1):
-        a, b = truth[t]["Ce"], truth[t + 1]["Ce"]
-        xa = np.column_stack([a["x"], a["y"]]) - drift[t]
-        xb = np.column_stack([b["x"], b["y"]]) - drift[t + 1]
-        dist, j = cKDTree(xb).query(xa, distance_upper_bound=0.5)
-        db = np.where(np.isfinite(dist), b["depth"][np.minimum(j, len(xb) - 1)], 0)
-        changed.append(xa[db != a["depth"]])
+    changed = [np.zeros((0, 2)) for _ in range(n - 1)]
+    for t, _, _, _, xy in true_changes(truth, drift):
+        changed[t] = np.vstack([changed[t], xy])
     # track -> its drift-corrected mean position
     out = []
     for tr, t in tracks.items():
