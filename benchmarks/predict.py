@@ -245,6 +245,7 @@ def forward_fps(model_arg: str, size: int, pixel_A: float, batch_size: int, devi
     import torch
 
     from atom3d.data.transforms import resampled_shape
+    from atom3d.inference.memory import network_allocations
     from atom3d.inference.predictor import Predictor
     from atom3d.inference.tiling import tile_starts
     from atom3d.models.artifact import load_artifact
@@ -267,7 +268,7 @@ def forward_fps(model_arg: str, size: int, pixel_A: float, batch_size: int, devi
     model = predictor.model
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch_size, 1, tile, tile, device=predictor.device, dtype=dtype)
-    with torch.no_grad():
+    with torch.no_grad(), network_allocations():  # as the predictor runs it
         model(x[:1])  # warm-up
         t0 = time.perf_counter()
         for b in batches:

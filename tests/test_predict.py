@@ -569,6 +569,29 @@ def test_area_radius_and_surface_columns():
     assert count_surface_columns(x, y) == keep.sum() - interior.sum()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_area_merges_overlapping_discs_like_a_raster(seed):
+    """area_and_radius merges each raster row's runs of covered pixels; it must count
+    what marking every pixel centre inside any disc on a raster counts."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    x, y = rng.uniform(0, 30, n), rng.uniform(0, 30, n)  # dense: discs overlap a lot
+    if seed == 0:
+        x, y = np.array([5.0, 5.0, 5.05]), np.array([5.0, 5.0, 5.0])  # duplicates
+    radius, step = 1.913, 0.1
+    gx = np.arange(x.min() - 3, x.max() + 3, step)
+    gy = np.arange(y.min() - 3, y.max() + 3, step)
+    covered = np.zeros((len(gy), len(gx)), bool)
+    for cx, cy in zip(x, y, strict=True):
+        covered |= (gx[None, :] - cx) ** 2 + (gy[:, None] - cy) ** 2 <= radius**2
+    expected = covered.sum() * step**2  # another raster origin: equal within a boundary
+    area, r = area_and_radius(x, y, disc_radius_A=radius, raster_A=step)
+    assert area == pytest.approx(expected, rel=0.01)
+    assert r == pytest.approx(math.sqrt(area / math.pi))
+    single = area_and_radius(x[:1], y[:1], disc_radius_A=radius, raster_A=step)[0]
+    assert single <= area <= n * single + 1e-9
+
+
 def test_drift_from_rendered_columns():
     rng = np.random.default_rng(0)
     base = rng.uniform(2, 18, (60, 2))
@@ -982,3 +1005,83 @@ def test_malloc_arenas_are_capped_on_linux():
     result = limit_malloc_arenas()
     assert result is (True if sys.platform.startswith("linux") else False)
     assert limit_malloc_arenas() is result  # idempotent
+
+
+def _anonymous_mappings_of(size: int) -> int:
+    """Anonymous mappings of this process at least ``size`` bytes long (not the heap)."""
+    n = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if len(fields) < 6 and hi - lo >= size:  # no path: anonymous (not [heap])
+                n += 1
+    return n
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_network_allocations_come_from_the_heap_only_inside_the_window():
+    """Outside the window a 96 MB array is a fresh mapping (unmapped when freed, memory
+    flat) unless the heap has that much free; inside it comes from the heap, where the
+    next batch finds it again."""
+    from atom3d.inference import memory
+
+    if not memory.limit_malloc_arenas():
+        pytest.skip("not glibc")
+    size = 96 << 20
+    memory.release_free_memory()  # what earlier networks left in the heap
+
+    def new_mappings() -> int:
+        before = _anonymous_mappings_of(size)
+        a = np.ones(size // 8)
+        after = _anonymous_mappings_of(size)
+        del a
+        return after - before
+
+    assert new_mappings() == 1
+    with memory.network_allocations():
+        assert new_mappings() == 0
+        with memory.network_allocations():  # re-entrant
+            assert new_mappings() == 0
+        assert new_mappings() == 0
+    assert new_mappings() == 0  # the heap still holds what the window freed ...
+    memory.release_free_memory()
+    assert new_mappings() == 1  # ... and once that is released, mmap is back
+
+
+def _anonymous_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024.0
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_release_free_memory_hands_back_what_the_network_window_kept():
+    """A 96 MB array freed inside the window stays resident (the next batch reuses it)
+    until :func:`release_free_memory` gives it back."""
+    from atom3d.inference import memory
+
+    if not memory.limit_malloc_arenas():
+        pytest.skip("not glibc")
+    memory.release_free_memory()
+    base = _anonymous_rss_mb()
+    with memory.network_allocations():
+        a = np.ones((96 << 20) // 8)
+        del a
+    kept = _anonymous_rss_mb()
+    assert kept - base > 80  # freed, but still resident in the heap
+    assert memory.release_free_memory()
+    assert kept - _anonymous_rss_mb() > 80
+
+
+def test_malloc_settings_fit_in_a_c_int():
+    """mallopt takes a C int; ctypes would silently wrap a larger value (4 GiB is 0)."""
+    from atom3d.inference import memory
+
+    for value in (memory.MMAP_THRESHOLD_BYTES, memory.TOP_PAD_BYTES,
+                  memory.TRIM_THRESHOLD_BYTES):
+        assert 0 < value < 1 << 31
+    with pytest.raises(ValueError, match="C int"):
+        memory._mallopt(-1, 4 << 30)

@@ -60,6 +60,7 @@ depth maps are 0, its confidence maps NaN and its column tables empty.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ from atom3d.data.transforms import normalize, resample, resampled_shape
 from atom3d.errors import UserError
 from atom3d.inference.columns import ColumnTable, find_columns_from
 from atom3d.inference.dose import estimate_dose
-from atom3d.inference.memory import limit_malloc_arenas
+from atom3d.inference.memory import limit_malloc_arenas, network_allocations
 from atom3d.inference.tiling import predict_tiled
 from atom3d.models.artifact import (
     SPECIES,
@@ -325,7 +326,10 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         parameter = next(self.model.parameters())
         x = x.to(device=parameter.device, dtype=parameter.dtype)
-        with torch.no_grad():
+        # on a CPU the activations come from the heap, kept from batch to batch (see
+        # atom3d.inference.memory); a GPU's live in its own memory
+        heap = network_allocations() if x.device.type == "cpu" else contextlib.nullcontext()
+        with torch.no_grad(), heap:
             logits = tta_forward(self.model, x, self.tta_passes)
         return tuple(z.float().cpu().numpy() for z in logits)  # type: ignore[return-value]
 

@@ -1062,9 +1062,10 @@ def _as_confidence(name: str, values: np.ndarray) -> np.ndarray:
     """Cast a confidence map to float16, refusing values outside [0, 1] (NaN allowed)."""
     if values.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected probabilities, got dtype {values.dtype}")
-    finite = values[np.isfinite(values)]
-    if finite.size and (finite.min() < 0 or finite.max() > 1):
-        raise ValueError(f"{name}: values must be in [0, 1]")
+    if values.size and not 0 <= values.min() <= values.max() <= 1:  # else NaN, inf or out
+        finite = values[np.isfinite(values)]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise ValueError(f"{name}: values must be in [0, 1]")
     return values.astype(np.float16)
 
 

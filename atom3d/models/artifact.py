@@ -243,6 +243,9 @@ class ModelArtifact:
         return ce, o
 
 
+_MAPS_BAND_VALUES = 1 << 17  # float32 values per band (512 kB: under the mmap threshold)
+
+
 def calibrated_maps(logits: np.ndarray,
                     temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel maps of :func:`calibrated_softmax` without forming its probabilities.
@@ -282,30 +285,39 @@ def calibrated_maps(logits: np.ndarray,
         raise ValueError(f"logits must be (K + 1, H, W) with K >= 1, got {z.shape}")
     if z.shape[0] > 256:
         raise ValueError(f"at most 255 depth classes fit in uint8, got {z.shape[0] - 1}")
-    z0, zk = z[0], z[1:]
-    k = zk.shape[0]
-    m = zk.max(axis=0)
-    e = np.subtract(zk, m)
-    np.exp(e, out=e)
-    s1 = e.sum(axis=0)
-    del e
-    with np.errstate(over="ignore"):  # exp(+large) = inf gives presence 0 exactly
-        presence = 1.0 / (1.0 + np.exp(z0 - m - np.log(s1)))
-    p0 = 1.0 - presence
-    depth = np.zeros(z0.shape, np.uint8)
-    confidence = p0.copy()
-    # Where presence <= 1/2, p(0) >= 1/2 >= every p(k): the label is 0 (ties go to the
-    # lower class) with probability p(0). Only the other pixels need the calibrated
-    # depth probabilities, computed on them alone.
-    idx = np.flatnonzero(presence > 0.5)
-    if idx.size:
-        zc = zk.reshape(k, -1)[:, idx]  # (K, P)
-        s_t = np.exp((zc - m.ravel()[idx]) * np.float32(1.0 / float(temperature))).sum(axis=0)
-        best = zc.argmax(axis=0)  # first maximum: ties to the lower class
-        p_best = presence.ravel()[idx] / s_t
-        p0_col = p0.ravel()[idx]
-        depth.ravel()[idx] = np.where(p0_col >= p_best, 0, best + 1)
-        confidence.ravel()[idx] = np.maximum(p0_col, p_best)
+    k, height, width = z.shape[0] - 1, z.shape[1], z.shape[2]
+    presence = np.empty((height, width), np.float32)
+    depth = np.zeros((height, width), np.uint8)
+    confidence = np.empty((height, width), np.float32)
+    inverse_t = np.float32(1.0 / float(temperature))
+    # Bands of rows whose (K, rows, W) temporaries stay under 1 MB: reused from the
+    # heap and the caches instead of fresh pages for every frame (same numbers).
+    rows = max(1, min(height, _MAPS_BAND_VALUES // max(1, k * width)))
+    e = np.empty((k, rows, width), np.float32)
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        z0, zk, ek = z[0, r0:r1], z[1:, r0:r1], e[:, : r1 - r0]
+        m = zk.max(axis=0)
+        np.subtract(zk, m, out=ek)
+        np.exp(ek, out=ek)
+        s1 = ek.sum(axis=0)
+        with np.errstate(over="ignore"):  # exp(+large) = inf gives presence 0 exactly
+            band = 1.0 / (1.0 + np.exp(z0 - m - np.log(s1)))
+        presence[r0:r1] = band
+        p0 = 1.0 - band
+        confidence[r0:r1] = p0
+        # Where presence <= 1/2, p(0) >= 1/2 >= every p(k): the label is 0 (ties go to
+        # the lower class) with probability p(0). Only the other pixels need the
+        # calibrated depth probabilities, computed on them alone.
+        idx = np.flatnonzero(band > 0.5)
+        if idx.size:
+            zc = zk.reshape(k, -1)[:, idx]  # (K, P)
+            s_t = np.exp((zc - m.ravel()[idx]) * inverse_t).sum(axis=0)
+            best = zc.argmax(axis=0)  # first maximum: ties to the lower class
+            p_best = band.ravel()[idx] / s_t
+            p0_col = p0.ravel()[idx]
+            depth[r0:r1].reshape(-1)[idx] = np.where(p0_col >= p_best, 0, best + 1)
+            confidence[r0:r1].reshape(-1)[idx] = np.maximum(p0_col, p_best)
     return presence, depth, confidence
 
 
