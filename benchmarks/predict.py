@@ -319,9 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model_arg, label = resolve_model(args.model, work)
-        n_data = max([args.frames, *rss_frames])
         t0 = time.perf_counter()
-        series = write_series(work / f"series.{args.format}", n_data, args.size, args.pixel)
+        # the throughput run reads (and hashes, as atom3d predict does) a file of exactly
+        # --frames frames; longer memory runs get their own file
+        series = write_series(work / f"series.{args.format}", args.frames, args.size,
+                              args.pixel)
+        n_long = max(rss_frames, default=0)
+        long_series = series if n_long <= args.frames else write_series(
+            work / f"series_{n_long}.{args.format}", n_long, args.size, args.pixel)
         t_data = time.perf_counter() - t0
         script = Path(__file__).resolve()
         common = ["--series", str(series), "--pixel", str(args.pixel), "--model", model_arg,
@@ -340,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_model, rss_label = model_arg, label
         if args.rss_model == "tiny":
             rss_model, rss_label = resolve_model(None, work, kind="tiny")
-        rss_common = [*common[:4], "--model", rss_model, *common[6:]]
+        rss_common = ["--series", str(long_series), *common[2:4], "--model", rss_model,
+                      *common[6:]]
         rss = {}
         for n in rss_frames:
             rss[n] = run_child(script, rss_common, n, work / f"rss_{n}.h5")

@@ -298,3 +298,20 @@ def test_calibrated_maps_equal_argmax_of_calibrated_softmax(temperature: float) 
     single = calibrated_probs_numpy(z.numpy()[0], temperature, axis=0, dtype=np.float32)
     assert single.dtype == np.float32
     np.testing.assert_allclose(single, p.numpy()[0], atol=2e-6)
+
+
+def test_calibrated_maps_in_bands_equal_one_band(monkeypatch) -> None:
+    """The maps are computed in bands of rows (bounded temporaries); any band height,
+    including a last band that is shorter, gives exactly the numbers of one band."""
+    import atom3d.models.artifact as artifact_module
+
+    rng = np.random.default_rng(3)
+    z = (rng.normal(0, 3, (9, 23, 20))).astype(np.float32)
+    z[0, :5] -= 8.0  # rows where columns are likely: the depth branch runs there too
+    whole = artifact_module.calibrated_maps(z, 1.1)
+    for rows in (1, 5, 7, 22):
+        monkeypatch.setattr(artifact_module, "_MAPS_BAND_VALUES", rows * 8 * 20)
+        banded = artifact_module.calibrated_maps(z, 1.1)
+        for a, b in zip(banded, whole, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert (whole[1] > 0).any() and (whole[1] == 0).any()
