@@ -3,14 +3,16 @@
 Writes a synthetic series (a CeO2-like particle of Gaussian columns on the projected [110]
 Ce/O lattice, drifting, with Poisson noise at 1000 e/Å²; ``--size`` px square at
 ``--pixel`` Å/px) as an ImageJ TIFF (or ``--format npy``: a memory-mapped ``.npy``) into a
-temporary directory, then measures
+temporary directory, ``--frames`` frames long (and a second, longer one when a memory run
+needs more frames), then measures
 
 ``frames_per_second``
     the whole ``atom3d predict`` pipeline (read, resample, normalise, tiled network,
     columns, maps, HDF5 writing, tracking, smoothing, events, finalise) on ``--frames``
     frames, in a subprocess;
 ``forward_frames_per_second``
-    the bare network (``model(x)`` under ``torch.no_grad``) on the same number of tiles per
+    the bare network (``model(x)`` under ``torch.no_grad``, its activations from the
+    heap as in ``atom3d predict``: ``network_allocations``) on the same number of tiles per
     frame, in the same batches, in this process, timed before and after the end-to-end
     run (the mean time per frame of the two);
 ``overhead``

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    progress=False)
             c1, f1 = _usage()
             run = time.perf_counter() - t0
-    stages = ("network", "finish", "write", "postprocess")
+    stages = ("network", "finish", "write", "postprocess")  # as wrapped above
     result = {
         "benchmark": "predict_stages",
         "model": predictor.artifact.name,
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds": round(run, 2),
         "run_cpu_seconds": round(c1 - c0, 2),
         "run_faults": int(f1 - f0),
-        **{f"{s}{suffix}": round(totals[f"{s}{suffix}"], 2) if suffix != "_faults"
-           else int(totals[f"{s}{suffix}"]) for s in stages for suffix in ("", "_cpu", "_faults")},
+        **{key: int(value) if key.endswith("_faults") else round(value, 2)
+           for key, value in totals.items()},
         "other": round(run - sum(totals[s] for s in stages), 2),
         "ms_per_frame_outside_network": round(
             1000 * (run - totals["network"]) / max(1, summary["n_frames"]), 1),

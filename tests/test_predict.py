@@ -592,6 +592,17 @@ def test_area_merges_overlapping_discs_like_a_raster(seed):
     assert single <= area <= n * single + 1e-9
 
 
+def test_area_of_discs_smaller_than_the_raster_counts_only_covered_centres():
+    """The raster starts one disc radius and one raster step below the lowest column: a
+    lone column with a 0.02 Å disc on a 0.1 Å raster sits 0.2 px from the nearest pixel
+    centre in x and y (0.28 px away), so no centre is covered (area 0, not an error); with
+    a 0.12 Å disc it sits at (2.2, 2.2) px and covers the 4 centres (2|3, 2|3)."""
+    none = area_and_radius(np.array([1.0]), np.array([1.0]), disc_radius_A=0.02, raster_A=0.1)
+    four = area_and_radius(np.array([1.0]), np.array([1.0]), disc_radius_A=0.12, raster_A=0.1)
+    assert none == (0.0, 0.0)
+    assert four == (pytest.approx(0.04), pytest.approx(math.sqrt(0.04 / math.pi)))
+
+
 def test_drift_from_rendered_columns():
     rng = np.random.default_rng(0)
     base = rng.uniform(2, 18, (60, 2))

@@ -60,8 +60,8 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-#: Allocations at least this large [bytes] are mmapped (and unmapped when freed),
-#: except inside :func:`network_allocations`.
+#: Allocations at least this large [bytes] are mmapped (and unmapped when freed) when no
+#: free chunk of the heap fits them, and never inside :func:`network_allocations`.
 MMAP_THRESHOLD_BYTES = 1 << 20
 #: Free memory [bytes] each heap keeps at its top instead of giving it back at once.
 TOP_PAD_BYTES = 16 << 20
@@ -137,6 +137,6 @@ def release_free_memory() -> bool:
     Returns True if memory was released; a no-op unless :func:`limit_malloc_arenas`
     took effect.
     """
-    if not _done or _libc is None:
+    if not _done:
         return False
-    return bool(_libc.malloc_trim(0))
+    return bool(_libc.malloc_trim(0))  # _libc is set when _done

@@ -283,10 +283,12 @@ def area_and_radius(x_A: np.ndarray, y_A: np.ndarray,
     for step in (1, 0, -1):  # the float32 rule decides pixels within one of the guess
         first = np.where(inside(first_guess - step), np.minimum(first, first_guess - step), first)
         last = np.where(inside(last_guess + step), np.maximum(last, last_guess + step), last)
-    run = (first <= last) & (r2 - ry2 >= 0)
+    run = first <= last  # rows the disc does not reach have no inside pixel at all
     row = (base[:, 1, None] + dy[None]) * (width + 2 * k + 2)  # rows never touch
     start = (row + base[:, 0, None] + first)[run]
     stop = (row + base[:, 0, None] + last)[run]
+    if start.size == 0:  # discs smaller than a raster pixel may cover no pixel centre
+        return 0.0, 0.0
     order = np.argsort(start, kind="stable")
     start, stop = start[order], stop[order]
     covered = np.maximum.accumulate(stop)  # the furthest pixel covered so far
