@@ -16,6 +16,7 @@ from atom3d.io.results import (
     partial_path,
     read_results,
     sha256_file,
+    to_float16,
 )
 
 H, W = 6, 9
@@ -428,3 +429,33 @@ def test_buffered_commits_resume_from_the_last_commit(tmp_path):
         post_process(w)
         w.finalize()
     assert_same_results(read_results(reference), read_results(path))
+
+
+def test_to_float16_gives_numpys_bits():
+    """The fast float32 -> float16 cast of the confidence maps is NumPy's cast, bit for bit:
+    round to nearest with ties to even, overflow, subnormals, signed zeros, inf and NaN."""
+    rng = np.random.default_rng(3)
+    halves = rng.integers(0, 1 << 16, 200_000, dtype=np.uint16).view(np.float16)
+    exact = halves[np.isfinite(halves)].astype(np.float32)
+    with np.errstate(over="ignore"):  # the spacing above 65504 is inf
+        ulp = np.spacing(np.abs(exact.astype(np.float16))).astype(np.float32)
+    values = np.concatenate([
+        rng.random(300_000, dtype=np.float32),  # probabilities, the common case
+        exact, exact + ulp / 2, exact - ulp / 2,  # exact halves and the ties between them
+        exact + ulp / 3, np.nextafter(exact + ulp / 2, np.float32(np.inf)),
+        (rng.standard_normal(100_000) * 1e5).astype(np.float32),  # overflow to inf
+        (rng.standard_normal(100_000) * 1e-6).astype(np.float32),  # subnormal halves
+        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65520.0, 65519.99], np.float32),
+    ])
+    with np.errstate(over="ignore"):
+        fast = to_float16(values)
+    assert fast.dtype == np.float16 and fast.shape == values.shape
+    with np.errstate(over="ignore"):
+        slow = values.astype(np.float16)
+    same = fast.view(np.uint16) == slow.view(np.uint16)
+    nan = np.isnan(slow)
+    assert np.array_equal(np.isnan(fast), nan)
+    assert same[~nan].all(), values[~nan][~same[~nan]][:5]
+    maps = values[:262_144].reshape(512, 512)[:, ::2]  # a strided view of a map
+    assert np.array_equal(to_float16(maps).view(np.uint16), maps.astype(np.float16).view(np.uint16))
+    assert to_float16(np.array([0.1, 0.2])).dtype == np.float16  # float64: NumPy's cast

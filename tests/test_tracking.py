@@ -564,6 +564,28 @@ def test_streaming_viterbi_equals_batch(seed, smooth):
         assert any(np.any(a != b) for a, b in zip(raw, d_s, strict=True))
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("max_gap", [1, 2, 30])
+def test_forward_without_scores_follows_the_same_tracks(seed, max_gap):
+    """The track-only forward pass (post-processing without HMM smoothing) finds the
+    same first detections as the full one, gaps included, and the unsmoothed backward
+    pass gives the same depths and events from it."""
+    ids, probs = random_tracked_series(seed)
+    n_states = probs[0].shape[1]
+    full = ViterbiForward(n_states, switch_prob=0.05, max_step=2, max_gap=max_gap)
+    light = ViterbiForward(n_states, switch_prob=0.05, max_step=2, max_gap=max_gap,
+                           scores=False)
+    continued = 0
+    for i, p in zip(ids, probs, strict=True):
+        (_, first, _), (best, first_light, chain) = full.step(i, p), light.step(i, p)
+        np.testing.assert_array_equal(first_light, first)
+        assert not best.any() and not chain.any() and chain.shape == (len(i), n_states)
+        np.testing.assert_array_equal(light._ids, full._ids)  # noqa: SLF001
+        np.testing.assert_array_equal(light._last, full._last)  # noqa: SLF001
+        continued += int((~first).sum())
+    assert continued > 0
+
+
 def test_streaming_forward_forgets_tracks_beyond_the_gap():
     fwd = ViterbiForward(3, max_gap=1)
     p = np.array([[0.2, 0.5, 0.3]])

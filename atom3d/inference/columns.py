@@ -302,10 +302,17 @@ def _refine_centroid(smooth: np.ndarray, peaks: np.ndarray, radius_px: float) ->
     """Sub-pixel centres [px] as the centroid of the presence above half the peak value."""
     offsets = _disc_offsets(radius_px)
     offsets = offsets[np.hypot(offsets[:, 0], offsets[:, 1]) <= radius_px]
-    pixels = peaks[:, None, :] + offsets[None]
-    values, inside = _gather(smooth, pixels)
+    # gathered from a zero-padded copy with flat indices: outside the image the value
+    # 0 is below half of any peak (> 0), so it weighs 0 as if masked
+    pad = int(np.abs(offsets).max())
+    height, width = smooth.shape
+    stride = width + 2 * pad
+    padded = np.zeros((height + 2 * pad, stride), smooth.dtype)
+    padded[pad : pad + height, pad : pad + width] = smooth
+    flat = (peaks[:, 0] + pad) * stride + (peaks[:, 1] + pad)
+    values = padded.ravel()[flat[:, None] + (offsets[:, 0] * stride + offsets[:, 1])[None]]
     half = 0.5 * smooth[peaks[:, 0], peaks[:, 1]]
-    weights = np.where(inside, np.clip(values - half[:, None], 0.0, None), 0.0)
+    weights = np.clip(values - half[:, None], 0.0, None)
     total = weights.sum(axis=1)
     shift = (weights[..., None] * offsets[None]).sum(axis=1) / np.maximum(total, 1e-300)[:, None]
     return peaks + np.where(total[:, None] > 0, shift, 0.0)

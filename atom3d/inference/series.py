@@ -565,7 +565,8 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
         # forward, one read of every frame: link and run the HMM forward per species.
         # Ids are numbered per species here; O ids move past the Ce ids below.
         linkers = {sp: TrackLinker(LINK_MAX_DIST_A[sp], max_gap=LINK_MAX_GAP) for sp in _SPECIES}
-        forwards = {sp: ViterbiForward(classes[sp], SWITCH_PROB, MAX_STEP, max_gap=LINK_MAX_GAP)
+        forwards = {sp: ViterbiForward(classes[sp], SWITCH_PROB, MAX_STEP, max_gap=LINK_MAX_GAP,
+                                       scores=smoothing == "hmm")  # else `first` alone
                     for sp in _SPECIES}
         offsets = {sp: np.zeros(n_frames + 1, np.int64) for sp in _SPECIES}
         packers = {sp: TrackPacker() for sp in _SPECIES}  # change points: tracks laid out

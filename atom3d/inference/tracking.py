@@ -1114,20 +1114,25 @@ class ViterbiForward:
     max_gap : int
         The linker's ``max_gap``: a track unseen for more than ``max_gap + 1`` frames is
         never continued, and its score is dropped.
+    scores : bool
+        False: follow the tracks only, for a backward pass that does not smooth
+        (``ViterbiBackward(smooth=False)`` needs ``first`` alone); ``best`` and ``chain``
+        are then zeros. Skips the (tracks × S × S) Viterbi update of every frame.
     """
 
     def __init__(self, n_states: int, switch_prob: float = 0.02, max_step: int = 2,
-                 max_gap: int = 2) -> None:
+                 max_gap: int = 2, scores: bool = True) -> None:
         if not 0 <= switch_prob < 1:
             raise ValueError(f"switch_prob must be in [0, 1), got {switch_prob}")
         if not 1 <= n_states <= 255:
             raise ValueError(f"n_states must be in 1..255, got {n_states}")
         self.n_states = int(n_states)
         self.max_gap = int(max_gap)
+        self.scores = bool(scores)
         self._log_a = _log_transitions(n_states, switch_prob, max_step)
         # tracks that can still be continued, ids ascending (new ids are always larger)
         self._ids = np.zeros(0, np.int64)
-        self._score = np.zeros((0, n_states))
+        self._score = np.zeros((0, n_states if self.scores else 0))
         self._last = np.zeros(0, np.int64)
         self.t = 0
 
@@ -1159,13 +1164,19 @@ class ViterbiForward:
         probs = np.asarray(probs, dtype=np.float64).reshape(-1, s)
         ids = np.asarray(track_ids, dtype=np.int64).reshape(-1)
         n = len(ids)
-        with np.errstate(divide="ignore"):
-            score = np.log(np.clip(np.nan_to_num(probs), 1e-300, None))
+        if self.scores:
+            with np.errstate(divide="ignore"):
+                score = np.log(np.clip(np.nan_to_num(probs), 1e-300, None))
+        else:  # tracks only: a (N, 0) score keeps the bookkeeping below unchanged
+            score = np.zeros((n, 0))
         chain = np.zeros((n, s), np.uint8)
         pos = np.searchsorted(self._ids, ids)
         found = (ids >= 0) & (pos < len(self._ids))
         found[found] = self._ids[pos[found]] == ids[found]
-        if found.any():
+        if found.any() and not self.scores:
+            j = pos[found]
+            self._last[j] = t
+        elif found.any():
             j = pos[found]
             prev = self._score[j]
             gaps = t - self._last[j]
@@ -1192,7 +1203,8 @@ class ViterbiForward:
         keep = t - self._last <= self.max_gap  # others are not continued at frame t + 1
         if not keep.all():
             self._ids, self._score, self._last = self._ids[keep], self._score[keep], self._last[keep]
-        best = np.argmax(score, axis=1).astype(np.uint8)
+        best = (np.argmax(score, axis=1).astype(np.uint8) if self.scores
+                else np.zeros(n, np.uint8))
         return best, ~found, chain
 
 
