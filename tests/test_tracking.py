@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from atom3d.inference.tracking import (
     MIN_LEVEL_NOISE,
+    RING_EDGES_A,
     TrackLinker,
     ViterbiBackward,
     ViterbiForward,
@@ -338,6 +339,30 @@ def test_ring_means_geometry():
     np.testing.assert_allclose(ring_means(3 * frame, [5.0], [3.0], p), rings[:1], rtol=1e-5)
     # a frame with no positive mean is standardised instead of divided by ~0
     assert np.all(np.isfinite(ring_means(frame - frame.mean(), [5.0], [3.0], p)))
+
+
+@pytest.mark.parametrize("pixel", [0.2, 0.137, 0.31])
+def test_ring_means_equal_every_pixel_counted(pixel):
+    """The windowed ring means equal a sum over every pixel of the frame, for points
+    anywhere in their pixel, near and beyond the edges, and on ring edges exactly."""
+    rng = np.random.default_rng(int(pixel * 1000))
+    frame = rng.gamma(2.0, 1.0, (37, 45)).astype(np.float32)
+    h, w = frame.shape
+    x = np.concatenate([rng.uniform(-1.0, w * pixel + 1.0, 60), [3 * pixel, 0.0, 0.3 + 5 * pixel]])
+    y = np.concatenate([rng.uniform(-1.0, h * pixel + 1.0, 60), [4 * pixel, 0.0, 4 * pixel]])
+    rings = ring_means(frame, x, y, pixel)
+    edges = np.asarray(RING_EDGES_A)
+    rr, cc = np.mgrid[:h, :w]
+    expected = np.full(rings.shape, np.nan)
+    for i in range(len(x)):
+        d2 = (rr * pixel - y[i]) ** 2 + (cc * pixel - x[i]) ** 2
+        for k in range(len(edges) - 1):
+            sel = (d2 >= edges[k] ** 2) & (d2 < edges[k + 1] ** 2)
+            if sel.any():
+                expected[i, k] = frame[sel].astype(np.float64).mean() / frame.mean(dtype=np.float64)
+    np.testing.assert_array_equal(np.isnan(rings), np.isnan(expected))
+    np.testing.assert_allclose(rings, expected, rtol=2e-6, equal_nan=True)
+    assert np.isfinite(rings).sum() > 200
 
 
 def test_ring_change_points_and_noise():
