@@ -1187,23 +1187,21 @@ class ViterbiForward:
         pos = np.searchsorted(self._ids, ids)
         found = (ids >= 0) & (pos < len(self._ids))
         found[found] = self._ids[pos[found]] == ids[found]
-        if found.any() and not self.scores:
+        if found.any():
             j = pos[found]
-            self._last[j] = t
-        elif found.any():
-            j = pos[found]
-            prev = self._score[j]
-            gaps = t - self._last[j]
-            link = np.broadcast_to(np.arange(s), prev.shape).copy()
-            for g in range(int(gaps.max())):  # gap frames carry no emission (log 1 = 0)
-                m = gaps > g
-                cand = prev[m][:, :, None] + self._log_a[None]  # [track, from, to]
-                back = np.argmax(cand, axis=1)
-                prev[m] = np.take_along_axis(cand, back[:, None, :], axis=1)[:, 0, :]
-                link[m] = np.take_along_axis(link[m], back, axis=1)
-            score[found] = prev + score[found]
-            chain[found] = link
-            self._score[j] = score[found]
+            if self.scores:
+                prev = self._score[j]
+                gaps = t - self._last[j]
+                link = np.broadcast_to(np.arange(s), prev.shape).copy()
+                for g in range(int(gaps.max())):  # gap frames carry no emission (log 1 = 0)
+                    m = gaps > g
+                    cand = prev[m][:, :, None] + self._log_a[None]  # [track, from, to]
+                    back = np.argmax(cand, axis=1)
+                    prev[m] = np.take_along_axis(cand, back[:, None, :], axis=1)[:, 0, :]
+                    link[m] = np.take_along_axis(link[m], back, axis=1)
+                score[found] = prev + score[found]
+                chain[found] = link
+                self._score[j] = score[found]
             self._last[j] = t
         new = (ids >= 0) & ~found
         if new.any():

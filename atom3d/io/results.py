@@ -554,7 +554,7 @@ class ResultsWriter:
         self.commit_every = _check_positive("commit_every", commit_every)
         self._pending: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._maps: tuple[h5py.File, dict[str, h5py.Dataset]] | None = None  # _write_maps
+        self._maps: dict[str, h5py.Dataset] | None = None  # _write_maps's datasets
         self._finalized = False
         self._file: h5py.File | None = None
         if resume and self.partial_path.exists():
@@ -741,9 +741,9 @@ class ResultsWriter:
     def _write_maps(self, f: h5py.File, i: int, maps: Mapping[str, np.ndarray]) -> None:
         """Store the maps of frame ``i`` (chunk ``i`` of each map dataset)."""
         level = int(self._compression.get("compression_opts", 0))
-        if self._maps is None or self._maps[0] is not f:  # h5py lookups cost tens of µs
-            self._maps = (f, dict(f["maps"].items()))
-        datasets = self._maps[1]
+        if self._maps is None:  # h5py lookups cost tens of µs; cleared when f closes
+            self._maps = dict(f["maps"].items())
+        datasets = self._maps
         if self._direct_chunks is True:  # once: the stored filters must be ours exactly
             self._direct_chunks = all(
                 ds.compression == "gzip" and ds.compression_opts == level and ds.shuffle
