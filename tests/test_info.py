@@ -21,8 +21,8 @@ def test_info_results_file(tmp_path, capsys):
     out = tmp_path / "r.h5"
     attrs = {"source": "x.tif", "source_sha256": "0" * 64, "model": "m", "model_sha256": "1" * 64,
              "pixel_size_A": 0.2,
-             # an array attribute, as atom3d predict writes the ring edges
-             "changepoint_ring_edges_A": np.array([0.0, 0.3, 0.6])}
+             # an array attribute, as atom3d predict writes the ring radii
+             "changepoint_ring_radii_A": np.array([0.0, 0.3, 0.6])}
     with ResultsWriter(out, shape=(8, 8), n_frames=1, attrs=attrs) as w:
         z = np.zeros((8, 8), np.uint8)
         c = np.zeros((8, 8), np.float32)
@@ -36,7 +36,7 @@ def test_info_results_file(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames"] == 1 and summary["columns"] == 1
-    assert summary["attrs"]["changepoint_ring_edges_A"] == [0.0, 0.3, 0.6]
+    assert summary["attrs"]["changepoint_ring_radii_A"] == [0.0, 0.3, 0.6]
     assert summary["attrs"]["pixel_size_A"] == 0.2
 
 

@@ -87,13 +87,14 @@ from atom3d.inference.options import (  # noqa: F401 - re-exported
 )
 from atom3d.inference.predictor import FramePrediction, PendingBatch, Predictor
 from atom3d.inference.tracking import (
-    RING_EDGES_A,
+    RING_COUNT,
     TrackLinker,
     TrackPacker,
     ViterbiBackward,
     ViterbiForward,
     cumulative_drift,
     ring_means,
+    ring_radii_A,
     segment_packed,
 )
 from atom3d.io.results import (
@@ -154,8 +155,9 @@ CHANGEPOINT_PENALTY = 2.4
 #: and lowers the flicker at 3000 e/Å² from <= 6.1 to <= 4.9 %.
 CHANGEPOINT_MIN_STEP = 0.4
 #: Change points of Ce tracks from the image (``changepoint``, session 12): the frame's
-#: mean intensity in the rings ``RING_EDGES_A`` [Å] around the track's position (its mean
-#: drift-corrected position plus the frame's drift), each ring in units of its
+#: radial profile (:func:`~atom3d.inference.tracking.ring_means`, hard rings until
+#: session 16, hat-weighted radii 0-1.2 Å since session 17) around the track's position
+#: (its mean drift-corrected position plus the frame's drift), each ring in units of its
 #: frame-to-frame noise over the series, cut by binary segmentation at a drop of squared
 #: error of ``CHANGEPOINT_RING_PENALTY · ln L``; a cut is kept where the mean E[k] of the two
 #: sides differs by at least ``CHANGEPOINT_RING_MIN_STEP`` [atoms]. An ideal observer sees a
@@ -167,6 +169,11 @@ CHANGEPOINT_MIN_STEP = 0.4
 #: (worst series 3.8 %; with the 0.2-atom step alone, before the σ step below), against
 #: 130/194 (67 %) at 2.8 % for E[k] alone (changepoint-levels). With the final rule, seeds
 #: 0-7: 220/259 (85 %) at 1.8-3.7 % flicker per series. See report/change_detection_s12/.
+#: Session 17 (report/domain_series_s17/): with the hat-weighted profile 5.5 is kept, the
+#: smallest of 5.0 / 5.5 / 6.0 / 6.5 with every one of 20 series (16 domain series and the
+#: demo seeds 0-3) under 4 % flicker (5.0: 4.0 %): 573 of 647 true changes (89 %) at 2.2 %
+#: flicker, worst series 3.3 % (hard rings at 5.5: 548 at 2.0 %, worst 4.3 %; at 5.0: 553
+#: at 2.6 %, worst 5.1 %).
 CHANGEPOINT_RING_PENALTY = 5.5  # 4.5 with the rings alone (session 12); see below
 CHANGEPOINT_RING_MIN_STEP = 0.2
 #: ... and by at least this many σ of the series' frame-to-frame E[k] noise (σ is 0.20-0.22
@@ -621,7 +628,7 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
                 levels = np.empty(packer.allocate(), np.float32)
                 frame_depths = np.empty(len(levels), np.uint8)
                 with_rings = use_rings and species == "Ce"
-                rings = (np.full((len(levels), len(RING_EDGES_A) - 1), np.nan, np.float32)
+                rings = (np.full((len(levels), RING_COUNT), np.nan, np.float32)
                          if with_rings else None)
                 for t in range(n_frames):
                     rec = read_records(species, t)
@@ -842,7 +849,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "depth_smoothing": smoothing if series.n_frames > 1 else "none",
         "changepoint_penalty": CHANGEPOINT_PENALTY,
         "changepoint_min_step": CHANGEPOINT_MIN_STEP,
-        "changepoint_ring_edges_A": np.asarray(RING_EDGES_A, np.float64),
+        "changepoint_ring_radii_A": ring_radii_A(),
         "changepoint_ring_penalty": CHANGEPOINT_RING_PENALTY,
         "changepoint_ring_min_step": CHANGEPOINT_RING_MIN_STEP,
         "changepoint_ring_min_step_sigma": CHANGEPOINT_RING_MIN_STEP_SIGMA,
