@@ -778,7 +778,8 @@ def _whole_series_reference(cols, frames, n_frames, classes, pixel_size_A, shape
                 ring_min_step=series_mod.CHANGEPOINT_RING_MIN_STEP,
                 ring_min_step_sigma=series_mod.CHANGEPOINT_RING_MIN_STEP_SIGMA,
                 signature_z=series_mod.CHANGEPOINT_SIGNATURE_Z,
-                level_weight=series_mod.CHANGEPOINT_LEVEL_WEIGHT)
+                level_weight=series_mod.CHANGEPOINT_LEVEL_WEIGHT,
+                signature_bandwidth=series_mod.CHANGEPOINT_SIGNATURE_BANDWIDTH)
         for r, t_ids, d in zip(per_frame, ids, d_list, strict=True):
             track[r] = t_ids
             depth[r] = d

@@ -648,6 +648,38 @@ def test_track_linker_equals_link_tracks():
     assert linker.next_id == max(int(b.max()) for b in batch) + 1
 
 
+def test_local_signature_follows_column_thickness():
+    """Thin and thick columns whose rings change in opposite ways on losing an atom: each
+    track gets the signature of columns of its thickness, the series' mean where there
+    are too few of them."""
+    from atom3d.inference.tracking import confident_steps, local_signature, ring_cuts
+
+    rng = np.random.default_rng(4)
+    thin, thick = np.array([1.0, 0.5, 0.0, 0.0, 0.0]), np.array([-1.0, 0.2, 0.3, 0.0, 0.0])
+    thin, thick = thin / np.linalg.norm(thin), thick / np.linalg.norm(thick)
+    threshold = 4.5 * np.log(12)
+    cuts, levels = [], []
+    for i in range(12):
+        v, base = (thin, 3.0) if i < 8 else (thick, 9.0)
+        rings = rng.normal(0, 1, (12, 5))
+        rings[6:] += 6 * v
+        level = base + rng.normal(0, 0.1, 12)
+        level[6:] -= 0.8
+        cuts.append((threshold, ring_cuts(rings, level, threshold)))
+        levels.append(level.mean())
+    track, steps = confident_steps(cuts, 1.8, 0.4)
+    assert len(track) == 12 and steps.shape == (12, 5)
+    lv = np.asarray(levels)[track]
+    default = np.array([0.0, 0.0, 0.0, 1.0, 0.0])
+    assert local_signature(lv, steps, 3.0, 2.0, 3.0, default) @ thin > 0.95
+    assert local_signature(lv, steps, 9.0, 2.0, 3.0, default) @ thick > 0.95
+    # nothing near 20 atoms, or a width of inf: the series' signature
+    np.testing.assert_array_equal(local_signature(lv, steps, 20.0, 2.0, 3.0, default), default)
+    np.testing.assert_array_equal(local_signature(lv, steps, 9.0, np.inf, 3.0, default), default)
+    # 4 thick cuts weigh less than 5 at 9 atoms: the series' signature
+    np.testing.assert_array_equal(local_signature(lv, steps, 9.0, 2.0, 5.0, default), default)
+
+
 def test_loss_signature_keeps_image_changes_the_levels_miss():
     """A series' confident cuts (rings and E[k] both step) teach which way a loss moves
     the rings; a ring step along that way is then reported although E[k] stays flat."""

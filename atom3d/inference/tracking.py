@@ -902,25 +902,66 @@ def ring_cuts(rings: np.ndarray, levels: np.ndarray, threshold: float) -> list[R
     return out
 
 
+def confident_steps(cuts: Sequence[tuple[float, Sequence[RingCut]]], strong: float,
+                    min_level_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ring steps of the confident cuts of all tracks, turned the way of a loss.
+
+    ``cuts`` holds per track its ring threshold and :func:`ring_cuts`; a cut is confident
+    with a gain of at least ``strong`` times the track's threshold and a level step of at
+    least ``min_level_step`` atoms. Its ring step is multiplied by the negative sign of
+    the level step, so that it points the way the rings change when the column loses
+    atoms. Returns ``(track, steps)``: the index in ``cuts`` of each one's track (C,) and
+    the turned steps (C, B).
+    """
+    track, steps = [], []
+    for i, (threshold, track_cuts) in enumerate(cuts):
+        for c in track_cuts:
+            if c.gain >= strong * threshold and abs(c.level_step) >= min_level_step:
+                track.append(i)
+                steps.append(-np.sign(c.level_step) * np.asarray(c.ring_step, np.float64))
+    width = next((len(c.ring_step) for _, tc in cuts for c in tc), 0)
+    return (np.asarray(track, np.int64),
+            np.asarray(steps, np.float64).reshape(len(steps), width))
+
+
 def ring_signature(cuts: Sequence[tuple[float, Sequence[RingCut]]], strong: float,
                    min_level_step: float, min_cuts: int) -> np.ndarray | None:
     """How the rings of this series change when a column loses atoms (a unit vector).
 
-    From the confident cuts of all tracks (``cuts``: per track its ring threshold and
-    :func:`ring_cuts`): gain at least ``strong`` times the track's threshold and a level
-    step of at least ``min_level_step`` atoms; each one's ring step, its sign turned
-    so that it points the way of a loss (the level falls), is averaged. None with fewer
-    than ``min_cuts`` confident cuts. The optics decide whether a lost atom darkens or
+    The mean of :func:`confident_steps` (gain at least ``strong`` times the track's
+    threshold, level step at least ``min_level_step`` atoms). None with fewer than
+    ``min_cuts`` confident cuts. The optics decide whether a lost atom darkens or
     brightens each ring; the series' own confident cuts tell which.
     """
-    steps = [-np.sign(c.level_step) * c.ring_step for threshold, track_cuts in cuts
-             for c in track_cuts
-             if c.gain >= strong * threshold and abs(c.level_step) >= min_level_step]
+    _, steps = confident_steps(cuts, strong, min_level_step)
     if len(steps) < max(int(min_cuts), 1):
         return None
-    mean = np.mean(steps, axis=0)
-    norm = float(np.linalg.norm(mean))
-    return mean / norm if norm > 0 else None
+    return _unit(steps.mean(axis=0))
+
+
+def local_signature(levels: np.ndarray, steps: np.ndarray, level: float, bandwidth: float,
+                    min_weight: float, default: np.ndarray | None) -> np.ndarray | None:
+    """The loss signature for a column of mean expected depth ``level`` [atoms].
+
+    How a lost atom changes the image of a column depends on how thick it is (the
+    contrast of a column oscillates with its thickness): the confident ring ``steps``
+    (C, B) of columns whose mean level ``levels`` (C,) is near ``level`` count most,
+    with Gaussian weights of width ``bandwidth`` [atoms]. Where the weights sum to less
+    than ``min_weight`` (few confident cuts of columns of that thickness) the series'
+    signature ``default`` is returned.
+    """
+    if len(steps) == 0 or not math.isfinite(bandwidth):
+        return default
+    w = np.exp(-0.5 * ((np.asarray(levels, np.float64) - float(level)) / bandwidth) ** 2)
+    if w.sum() < min_weight:
+        return default
+    local = _unit(w @ steps / w.sum())
+    return default if local is None else local
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else None
 
 
 def depths_from_starts(levels: np.ndarray, frame_depths: np.ndarray, starts: Sequence[int],
@@ -959,7 +1000,9 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
                    ring_penalty: float = 4.5, ring_min_step: float = 0.2,
                    ring_min_step_sigma: float = 0.0, signature_z: float = math.inf,
                    signature_strong: float = 1.8, signature_min_step: float = 0.4,
-                   signature_min_cuts: int = 5, level_weight: float = 0.0) -> np.ndarray:
+                   signature_min_cuts: int = 5, level_weight: float = 0.0,
+                   signature_bandwidth: float = math.inf,
+                   signature_min_weight: float = 3.0) -> np.ndarray:
     """:func:`segment_track` for every track of packed arrays; uint8 depths, packed.
 
     ``rings`` ((n, B) ring means, packed like ``levels``) are divided by their series-wide
@@ -969,7 +1012,10 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
     measured the levels are used. With a finite ``signature_z`` the series' loss
     signature is learnt from all tracks' cuts first (:func:`ring_signature` with
     ``signature_strong``, ``signature_min_step``, ``signature_min_cuts``) and cuts
-    significant along it are kept too (:func:`segment_track`). With ``level_weight`` > 0
+    significant along it are kept too (:func:`segment_track`); with a finite
+    ``signature_bandwidth`` [atoms] each track uses the signature of columns of its
+    thickness (:func:`local_signature` at the track's mean level, ``signature_min_weight``).
+    With ``level_weight`` > 0
     the level, in units of its noise σ and times ``level_weight``, is cut together with
     the rings (one more component of the vectors).
     """
@@ -995,8 +1041,14 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
         cuts.append((threshold, ring_cuts(scaled[a:b], levels[a:b], threshold)))
     signature = (ring_signature(cuts, signature_strong, signature_min_step,
                                 signature_min_cuts) if math.isfinite(signature_z) else None)
-    for (a, b), (_, track_cuts) in zip(tracks, cuts, strict=True):
-        starts, directions = choose_ring_cuts(track_cuts, level_step, signature, signature_z)
+    track_levels = np.array([float(np.mean(levels[a:b], dtype=np.float64)) for a, b in tracks])
+    cut_track, steps = confident_steps(cuts, signature_strong, signature_min_step)
+    for i, ((a, b), (_, track_cuts)) in enumerate(zip(tracks, cuts, strict=True)):
+        here = signature
+        if signature is not None:
+            here = local_signature(track_levels[cut_track], steps, track_levels[i],
+                                   signature_bandwidth, signature_min_weight, signature)
+        starts, directions = choose_ring_cuts(track_cuts, level_step, here, signature_z)
         out[a:b] = depths_from_starts(levels[a:b], frame_depths[a:b], starts, lowest,
                                       highest, directions)
     return out
@@ -1034,6 +1086,7 @@ def changepoint_depths(
     ring_min_step_sigma: float = 0.0,
     signature_z: float = math.inf,
     level_weight: float = 0.0,
+    signature_bandwidth: float = math.inf,
 ) -> list[np.ndarray]:
     """Piecewise-constant depth of every track from its expected depth over time.
 
@@ -1067,7 +1120,8 @@ def changepoint_depths(
         Per frame, ``(N_t, B)`` ring means of each detection (:func:`ring_means` at the
         track's position): the change points are then cut on them
         (:func:`segment_packed`, ``ring_penalty``, ``ring_min_step``,
-        ``ring_min_step_sigma``, ``signature_z``, ``level_weight``).
+        ``ring_min_step_sigma``, ``signature_z``, ``level_weight``,
+        ``signature_bandwidth``).
 
     Returns
     -------
@@ -1092,7 +1146,8 @@ def changepoint_depths(
                             min_step, rings=packed_rings, ring_penalty=ring_penalty,
                             ring_min_step=ring_min_step,
                             ring_min_step_sigma=ring_min_step_sigma,
-                            signature_z=signature_z, level_weight=level_weight)
+                            signature_z=signature_z, level_weight=level_weight,
+                            signature_bandwidth=signature_bandwidth)
     packer.restart()
     depths = []
     for ids, fd in zip(track_ids, frame_depths, strict=True):
@@ -1116,6 +1171,7 @@ def changepoint_track_depths(
     ring_min_step_sigma: float = 0.0,
     signature_z: float = math.inf,
     level_weight: float = 0.0,
+    signature_bandwidth: float = math.inf,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`changepoint_depths` from depth probabilities, like :func:`smooth_track_depths`.
 
@@ -1135,7 +1191,8 @@ def changepoint_track_depths(
                                 min_step=min_step, rings=rings, ring_penalty=ring_penalty,
                                 ring_min_step=ring_min_step,
                                 ring_min_step_sigma=ring_min_step_sigma,
-                                signature_z=signature_z, level_weight=level_weight)
+                                signature_z=signature_z, level_weight=level_weight,
+                                signature_bandwidth=signature_bandwidth)
     confidences = [p[np.arange(len(p)), d - first_depth].astype(np.float32)
                    for p, d in zip(probs, depths, strict=True)]
     return [d.astype(np.uint8) for d in depths], confidences

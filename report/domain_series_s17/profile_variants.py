@@ -13,10 +13,14 @@ radial profile and the segmentation itself:
   ``CHANGEPOINT_RING_PENALTY``, ``_LEVEL_WEIGHT``, ``_SIGNATURE_Z``, ``_RING_MIN_STEP_SIGMA``;
 - ``scan_z``: after the cuts of the rule, a binary segmentation of each track's profile
   projected on the series' loss signature, adding cuts with |z| >= scan_z;
+- ``sig_bw`` [atoms] (with ``sig_min_weight``): ``CHANGEPOINT_SIGNATURE_BANDWIDTH``, each
+  track's loss signature from the series' confident cuts weighted by a Gaussian in the
+  difference of their tracks' mean E[k] (the package's default since session 17 is 2;
+  ``1e9`` is one signature per series, the rule before);
 - ``op``: optimal partitioning (exact, dynamic programming) instead of binary
   segmentation, same penalty.
 
-    VARIANTS='[{"hard": 1}, {}]' python profile_variants.py DIR [DIR ...]
+    VARIANTS='[{"hard": 1, "sig_bw": 1e9}, {}]' python profile_variants.py DIR [DIR ...]
 """
 import importlib.util
 import json
@@ -149,7 +153,8 @@ T.segment_starts = optimal_starts
 def segment(levels, frame_depths, packer, lowest, highest, penalty=2.0, noise=None,
             default_noise=0.25, min_step=0.0, rings=None, ring_penalty=4.5, ring_min_step=0.2,
             ring_min_step_sigma=0.0, signature_z=math.inf, signature_strong=1.8,
-            signature_min_step=0.4, signature_min_cuts=5, level_weight=0.0):
+            signature_min_step=0.4, signature_min_cuts=5, level_weight=0.0,
+            signature_bandwidth=math.inf, signature_min_weight=3.0):
     """``segment_packed`` of the package with the variant's settings."""
     if rings is None:
         return T.segment_packed(levels, frame_depths, packer, lowest, highest, penalty,
@@ -177,8 +182,16 @@ def segment(levels, frame_depths, packer, lowest, highest, penalty=2.0, noise=No
         for a, b in tracks:
             proj[a:b] = T._nan_as_mean(scaled[a:b]) @ signature
         proj /= T.packed_level_noise(proj.astype(np.float32), packer.offsets, 1.0)
-    for (a, b), (_, track_cuts) in zip(tracks, cuts, strict=True):
-        starts, directions = T.choose_ring_cuts(track_cuts, level_step, signature, signature_z)
+    bandwidth = CFG.get("sig_bw", signature_bandwidth)
+    min_weight = CFG.get("sig_min_weight", signature_min_weight)
+    track_levels = np.array([float(np.mean(levels[a:b], dtype=np.float64)) for a, b in tracks])
+    cut_track, steps = T.confident_steps(cuts, signature_strong, signature_min_step)
+    for i, ((a, b), (_, track_cuts)) in enumerate(zip(tracks, cuts, strict=True)):
+        sig_here = signature
+        if signature is not None:
+            sig_here = T.local_signature(track_levels[cut_track], steps, track_levels[i],
+                                         bandwidth, min_weight, signature)
+        starts, directions = T.choose_ring_cuts(track_cuts, level_step, sig_here, signature_z)
         if proj is not None:
             starts, directions = signature_scan(proj[a:b], starts, directions, CFG["scan_z"])
         out[a:b] = T.depths_from_starts(levels[a:b], frame_depths[a:b], starts, lowest,
