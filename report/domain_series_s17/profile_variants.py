@@ -11,6 +11,8 @@ radial profile and the segmentation itself:
   these radii (the package's ``ring_means`` is the case 0, 0.3, ..., 1.2);
 - ``ring_penalty``, ``level_weight``, ``sigz``, ``minsig``: the constants
   ``CHANGEPOINT_RING_PENALTY``, ``_LEVEL_WEIGHT``, ``_SIGNATURE_Z``, ``_RING_MIN_STEP_SIGMA``;
+- ``sig_strong``, ``sig_min_cuts``: what makes a cut confident for the signature (gain
+  ≥ sig_strong × threshold) and how many the series needs;
 - ``scan_z``: after the cuts of the rule, a binary segmentation of each track's profile
   projected on the series' loss signature, adding cuts with |z| >= scan_z;
 - ``sig_bw`` [atoms] (with ``sig_min_weight``): ``CHANGEPOINT_SIGNATURE_BANDWIDTH``, each
@@ -163,6 +165,8 @@ def segment(levels, frame_depths, packer, lowest, highest, penalty=2.0, noise=No
     signature_z = CFG.get("sigz", signature_z)
     ring_min_step_sigma = CFG.get("minsig", ring_min_step_sigma)
     ring_penalty = CFG.get("ring_penalty", ring_penalty)
+    signature_strong = CFG.get("sig_strong", signature_strong)
+    signature_min_cuts = CFG.get("sig_min_cuts", signature_min_cuts)
     sigma = (T.packed_level_noise(levels, packer.offsets, default_noise) if noise is None
              else float(noise))
     scaled = np.asarray(rings, np.float64) / T.packed_ring_noise(rings, packer.offsets)
