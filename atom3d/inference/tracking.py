@@ -686,7 +686,7 @@ def ring_means(frame: np.ndarray, x_A: np.ndarray, y_A: np.ndarray, pixel_size_A
         j = u.astype(np.int64)  # the pixel lies between radii j and j + 1
         f = u - j  # weight f for radius j + 1, 1 - f for radius j
         values = flat_frame[(rows * w + cols)[inside]].astype(np.float64)
-        index = (np.arange(m) * n_rings)[:, None].repeat(len(dr), axis=1)[inside] + j
+        index = np.broadcast_to((np.arange(m) * n_rings)[:, None], inside.shape)[inside] + j
         size = m * n_rings
         # hat sums from sums over the intervals [j, j + 1): radius j gets 1 - f of interval
         # j and f of interval j - 1
@@ -1041,11 +1041,14 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
         cuts.append((threshold, ring_cuts(scaled[a:b], levels[a:b], threshold)))
     signature = (ring_signature(cuts, signature_strong, signature_min_step,
                                 signature_min_cuts) if math.isfinite(signature_z) else None)
-    track_levels = np.array([float(np.mean(levels[a:b], dtype=np.float64)) for a, b in tracks])
-    cut_track, steps = confident_steps(cuts, signature_strong, signature_min_step)
+    by_thickness = signature is not None and math.isfinite(signature_bandwidth)
+    if by_thickness:
+        track_levels = np.array([float(np.mean(levels[a:b], dtype=np.float64))
+                                 for a, b in tracks])
+        cut_track, steps = confident_steps(cuts, signature_strong, signature_min_step)
     for i, ((a, b), (_, track_cuts)) in enumerate(zip(tracks, cuts, strict=True)):
         here = signature
-        if signature is not None:
+        if by_thickness:
             here = local_signature(track_levels[cut_track], steps, track_levels[i],
                                    signature_bandwidth, signature_min_weight, signature)
         starts, directions = choose_ring_cuts(track_cuts, level_step, here, signature_z)

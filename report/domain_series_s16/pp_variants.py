@@ -34,12 +34,12 @@ ARTIFACT = load_artifact("ceo2-110")
 ORIGINAL = S.postprocess
 
 
-def capture(d: Path) -> None:
-    """Predict the series once and keep the partial file before post-processing."""
-    if (d / "pre_post.h5.partial").exists():
-        return
+def keeper(directory_of):
+    """``postprocess`` that first copies the partial file and its arguments to
+    ``directory_of(writer)`` (``pre_post.h5.partial``, ``pre_post.pkl``)."""
 
     def keep(writer, *args, **kwargs):
+        d = directory_of(writer)
         writer._commit_pending()
         writer._file.flush()
         shutil.copy(writer.partial_path, d / "pre_post.h5.partial")
@@ -48,6 +48,15 @@ def capture(d: Path) -> None:
         (d / "pre_post.pkl").write_bytes(pickle.dumps(info))
         return ORIGINAL(writer, *args, **kwargs)
 
+    return keep
+
+
+def capture(d: Path) -> None:
+    """Predict the series once and keep the partial file before post-processing."""
+    if (d / "pre_post.h5.partial").exists():
+        return
+
+    keep = keeper(lambda writer: d)
     S.postprocess = keep
     try:
         with open_series(d / "demo_series.tif") as series:
@@ -86,20 +95,24 @@ def main(dirs: list[Path]) -> None:
     for d in dirs:
         capture(d)
     for variant in json.loads(os.environ.get("VARIANTS", "[{}]")):
-        total = np.zeros(4)
-        worst = 0.0
-        parts = []
-        for d in dirs:
-            tm = run(d, variant)["Ce_time"]
-            total += [tm["changes_reported"], tm["changes_true"], tm["flickers"],
-                      tm["steady_pairs"]]
-            worst = max(worst, tm["flicker"])
-            parts.append(f"{d.name}:{tm['changes_reported']}/{tm['changes_true']}"
-                         f"@{tm['flicker']:.1%}")
-        print(variant, f"changes {int(total[0])}/{int(total[1])} ({total[0] / total[1]:.0%}) "
-              f"flicker {total[2] / total[3]:.1%} worst {worst:.1%} |", " ".join(parts),
-              flush=True)
+        score(dirs, variant, variant)
 
+
+def score(dirs: list[Path], settings: dict, label) -> None:
+    """Post-process every series with ``settings`` and print the pooled change scores."""
+    total = np.zeros(4)
+    worst = 0.0
+    parts = []
+    for d in dirs:
+        tm = run(d, settings)["Ce_time"]
+        total += [tm["changes_reported"], tm["changes_true"], tm["flickers"],
+                  tm["steady_pairs"]]
+        worst = max(worst, tm["flicker"])
+        parts.append(f"{d.name}:{tm['changes_reported']}/{tm['changes_true']}"
+                     f"@{tm['flicker']:.1%}")
+    print(label, f"changes {int(total[0])}/{int(total[1])} ({total[0] / total[1]:.1%}) "
+          f"flicker {total[2] / total[3]:.2%} worst {worst:.1%} |", " ".join(parts),
+          flush=True)
 
 if __name__ == "__main__":
     main([Path(p) for p in sys.argv[1:]])

@@ -215,18 +215,7 @@ def main(dirs):
         elif "nodes" in variant:
             settings["ring_means"] = hat_ring_means
             settings["RING_COUNT"] = len(variant["nodes"])
-        total, worst, parts = np.zeros(4), 0.0, []
-        for d in dirs:
-            tm = PV.run(d, settings)["Ce_time"]
-            total += [tm["changes_reported"], tm["changes_true"], tm["flickers"],
-                      tm["steady_pairs"]]
-            worst = max(worst, tm["flicker"])
-            parts.append(f"{d.name}:{tm['changes_reported']}/{tm['changes_true']}"
-                         f"@{tm['flicker']:.1%}")
-        print(variant, f"changes {int(total[0])}/{int(total[1])} ({total[0] / total[1]:.1%}) "
-              f"flicker {total[2] / total[3]:.2%} worst {worst:.1%} |", " ".join(parts),
-              flush=True)
-
+        PV.score(dirs, settings, variant)
 
 if __name__ == "__main__":
     main([Path(p) for p in sys.argv[1:]])
