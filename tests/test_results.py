@@ -459,3 +459,20 @@ def test_to_float16_gives_numpys_bits():
     maps = values[:262_144].reshape(512, 512)[:, ::2]  # a strided view of a map
     assert np.array_equal(to_float16(maps).view(np.uint16), maps.astype(np.float16).view(np.uint16))
     assert to_float16(np.array([0.1, 0.2])).dtype == np.float16  # float64: NumPy's cast
+
+
+def test_writer_keeps_a_small_chunk_cache(tmp_path):
+    """The file being written (new or resumed) has a small HDF5 chunk cache: with h5py's
+    1 MiB default, appending rows to the compressed column fields frame after frame grew
+    the process's memory without bound (see ``_WRITE_CHUNK_CACHE_BYTES``)."""
+    from atom3d.io.results import _WRITE_CHUNK_CACHE_BYTES
+
+    out = tmp_path / "c.h5"
+    for resume in (False, True):
+        with ResultsWriter(out, shape=(H, W), n_frames=4, attrs=ATTRS, resume=resume) as w:
+            if not resume:
+                w.write_frame(0, **frame_data(0))
+            rdcc_nbytes = w._file.id.get_access_plist().get_cache()[2]
+            assert rdcc_nbytes == _WRITE_CHUNK_CACHE_BYTES < 1 << 20
+            if resume:
+                assert w.done_frames == {0}
