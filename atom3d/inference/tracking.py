@@ -933,7 +933,11 @@ def ring_signature(cuts: Sequence[tuple[float, Sequence[RingCut]]], strong: floa
     ``min_cuts`` confident cuts. The optics decide whether a lost atom darkens or
     brightens each ring; the series' own confident cuts tell which.
     """
-    _, steps = confident_steps(cuts, strong, min_level_step)
+    return _mean_signature(confident_steps(cuts, strong, min_level_step)[1], min_cuts)
+
+
+def _mean_signature(steps: np.ndarray, min_cuts: int) -> np.ndarray | None:
+    """Unit mean of confident ring steps (C, B); None with fewer than ``min_cuts``."""
     if len(steps) < max(int(min_cuts), 1):
         return None
     return _unit(steps.mean(axis=0))
@@ -1039,13 +1043,15 @@ def segment_packed(levels: np.ndarray, frame_depths: np.ndarray, packer: TrackPa
     for a, b in tracks:
         threshold = ring_penalty * np.log(max(b - a, 2))
         cuts.append((threshold, ring_cuts(scaled[a:b], levels[a:b], threshold)))
-    signature = (ring_signature(cuts, signature_strong, signature_min_step,
-                                signature_min_cuts) if math.isfinite(signature_z) else None)
-    by_thickness = signature is not None and math.isfinite(signature_bandwidth)
-    if by_thickness:
-        track_levels = np.array([float(np.mean(levels[a:b], dtype=np.float64))
-                                 for a, b in tracks])
+    signature = None
+    if math.isfinite(signature_z):
         cut_track, steps = confident_steps(cuts, signature_strong, signature_min_step)
+        signature = _mean_signature(steps, signature_min_cuts)  # = ring_signature(cuts, ...)
+    by_thickness = signature is not None and math.isfinite(signature_bandwidth)
+    if by_thickness:  # each track's mean level, from the packed levels at once
+        bounds = np.asarray(tracks, np.int64).reshape(-1, 2)
+        track_levels = (np.add.reduceat(np.asarray(levels, np.float64), bounds[:, 0])
+                        / (bounds[:, 1] - bounds[:, 0]))
     for i, ((a, b), (_, track_cuts)) in enumerate(zip(tracks, cuts, strict=True)):
         here = signature
         if by_thickness:
