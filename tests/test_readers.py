@@ -367,6 +367,113 @@ def test_berkeley_emd_stack(tmp_path):
     np.testing.assert_array_equal(series.frame(2), data[2])
 
 
+def test_prismatic_emd_image(tmp_path):
+    """Prismatic's EMD (a simulated HRTEM or STEM image; '[n_m]' units) is read."""
+    import h5py
+
+    data = _stack(1, 24, 32, dtype=np.float32)[0]
+    with h5py.File(tmp_path / "p.emd", "w") as f:
+        sim = f.create_group("4DSTEM_simulation")
+        sim.attrs.update({"emd_group_type": 2, "version_major": 0, "version_minor": 5})
+        for name in ("datacubes", "diffractionslices", "pointlistarrays", "pointlists"):
+            sim.create_group(f"data/{name}")
+        g = sim.create_group("data/realslices/HRTEM")
+        g.attrs.update({"depth": 1, "emd_group_type": 1, "metadata": 0})
+        g.create_dataset("realslice", data=data.T)  # Prismatic stores (x, y)
+        for k, n in ((1, 32), (2, 24)):
+            d = g.create_dataset(f"dim{k}", data=0.02 * np.arange(n))
+            d.attrs.update({"name": np.bytes_("R_x" if k == 1 else "R_y"),
+                            "units": np.bytes_("[n_m]")})
+        sim.create_group("metadata/metadata_0/original/simulation_parameters")
+    series = open_series(tmp_path / "p.emd")
+    assert series.format == "emd-prismatic"
+    assert series.pixel_size_A == pytest.approx(0.2)
+    assert series.shape == (24, 32)
+    np.testing.assert_array_equal(series.frame(0), data)
+
+
+def _set_emd_units(path: Path, units: str) -> None:
+    """Overwrite the units of every dimension vector of a Berkeley EMD file."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        dims = []
+        f.visititems(lambda name, obj: dims.append(obj) if name.split("/")[-1].startswith("dim")
+                     and isinstance(obj, h5py.Dataset) else None)
+        assert dims
+        for dim in dims:
+            dim.attrs["units"] = units
+
+
+@pytest.mark.parametrize(("units", "expected"), [("[n_m]", 0.2), ("[]", None)])
+def test_berkeley_emd_bracketed_units(tmp_path, units, expected):
+    """Berkeley EMD files write units in brackets: "[n_m]" is nm and "[]" (the
+    hyperspy test files, scale 1) is no calibration at all."""
+    from rsciio import emd
+
+    emd.file_writer(str(tmp_path / "b.emd"), _hspy_signal(_stack(2, dtype=np.float32), 0.02, 1.0))
+    _set_emd_units(tmp_path / "b.emd", units)
+    if expected is None:
+        with pytest.raises(InputFileError, match="has no pixel calibration; pass --pixel-size"):
+            open_series(tmp_path / "b.emd")
+        assert open_series(tmp_path / "b.emd", pixel_size_A=0.2).pixel_size_A == 0.2
+    else:
+        assert open_series(tmp_path / "b.emd").pixel_size_A == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("unit", "guess"), [("1/nm", "a diffraction pattern or FFT?"),
+                                             ("1 / nm", "a diffraction pattern or FFT?"),
+                                             ("nm^-1", "a diffraction pattern or FFT?"),
+                                             ("ps", "not an image in real space?"),
+                                             ("eV", "not an image in real space?")])
+def test_non_length_calibration_says_what_it_may_be(tmp_path, unit, guess):
+    from rsciio import hspy
+
+    signal = _hspy_signal(_stack(2, dtype=np.float32), 0.02, 1.0)
+    signal["axes"][2]["units"] = unit
+    hspy.file_writer(str(tmp_path / "s.hspy"), signal)
+    with pytest.raises(InputFileError) as info:
+        open_series(tmp_path / "s.hspy")
+    assert str(info.value).endswith(f"pixel calibration unit {unit!r} is not a length "
+                                    f"({guess}); pass --pixel-size in Å")
+
+
+def test_velox_file_needing_a_missing_package_is_one_clear_line(tmp_path, monkeypatch):
+    """RosettaSciIO asks for `sparse` before it reads even the images of a Velox file
+    that holds an EDS spectrum image; without it the user gets what to install."""
+    from rsciio import emd
+
+    path = tmp_path / "v.emd"
+    _velox_like(path)
+
+    def needs_sparse(*args, **kwargs):
+        raise ModuleNotFoundError("The 'sparse' library was not found.", name="sparse")
+
+    monkeypatch.setattr(emd, "file_reader", needs_sparse)
+    with pytest.raises(InputFileError, match=r"EDS spectrum image; .*'sparse' package .*"
+                                             r"\(pip install sparse\)$"):
+        open_series(path)
+    monkeypatch.setattr(emd, "file_reader", lambda *a, **k: [])
+    with pytest.raises(InputFileError, match="holds no image or image stack"):
+        open_series(path)
+
+
+def test_sparse_is_installed_for_velox_eds_files():
+    """The dependency that lets RosettaSciIO open Velox EDS files is installed."""
+    import importlib.util
+
+    assert importlib.util.find_spec("sparse") is not None
+
+
+def _velox_like(path: Path) -> None:
+    """An HDF5 file that the reader's sniffing takes for Velox EMD."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_group("Version").create_dataset("Version", data=np.array([b'{"format": "Velox"}']))
+        f.create_group("Data").create_group("Image")
+
+
 def test_plain_hdf5_dataset(tmp_path):
     import h5py
 

@@ -14,6 +14,7 @@ extension                     format label                  read with
 ============================  ============================  ========================
 ``.dm3`` ``.dm4``             ``dm3`` ``dm4``               ``rsciio.digitalmicrograph``
 ``.emd``                      ``emd-velox`` ``emd-berkeley``  ``rsciio.emd``
+                              ``emd-prismatic``
 ``.emi`` ``.ser``             ``tia-emi`` ``tia-ser``       ``rsciio.tia``
 ``.mrc`` ``.mrcs``            ``mrc``                       ``mrcfile``
 ``.tif`` ``.tiff``            ``tiff-imagej`` ``tiff-dm``   ``tifffile`` (+ ``rsciio.tiff``
@@ -159,7 +160,10 @@ def _normalize_unit(unit: object) -> str:
         return ""
     text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), str(unit))
     text = text.replace("\u212b", "\u00c5").replace("\u03bc", "\u00b5")  # Å sign, Greek mu
-    return text.strip().replace(" ", "").lower()
+    text = text.strip().replace(" ", "").lower()
+    if len(text) >= 2 and text[0] + text[-1] in ("[]", "()"):  # Berkeley EMD: "[n_m]", "[]"
+        text = text[1:-1]
+    return text
 
 
 def _time_to_seconds(value: float, unit: str | None) -> float:
@@ -651,9 +655,12 @@ def _axis_size_A(path: Path, axis: _Axis) -> float | None:
     try:
         size = to_angstrom(float(axis.scale), axis.units)
     except InputFileError:
+        unit = _normalize_unit(axis.units)
+        guess = ("a diffraction pattern or FFT?" if "/" in unit or "-1" in unit
+                 else "not an image in real space?")
         raise InputFileError(
             f"{path}: pixel calibration unit {axis.units!r} is not a length "
-            "(a diffraction pattern?); pass --pixel-size in Å"
+            f"({guess}); pass --pixel-size in Å"
         ) from None
     if not (math.isfinite(size) and size > 0):
         raise InputFileError(
@@ -742,8 +749,17 @@ def _read_emd(path: Path) -> _Raw:
 
     flavour = _hdf5_flavour(path)
     if flavour == "emd-velox":
-        signals = emd.file_reader(str(path), lazy=True, select_type="images")
-    elif flavour == "emd-berkeley":
+        try:
+            signals = emd.file_reader(str(path), lazy=True, select_type="images")
+        except ModuleNotFoundError as exc:  # RosettaSciIO wants `sparse` for EDS files
+            raise InputFileError(
+                f"{path}: a Velox file with an EDS spectrum image; RosettaSciIO needs "
+                f"the '{exc.name or 'sparse'}' package to open it, even for its images "
+                f"(pip install {exc.name or 'sparse'})"
+            ) from exc
+        if not signals:
+            raise InputFileError(f"{path}: holds no image or image stack (only spectra?)")
+    elif flavour in ("emd-berkeley", "emd-prismatic"):
         signals = emd.file_reader(str(path), lazy=True)
     else:
         raise InputFileError(f"{path}: HDF5 file is neither a Velox nor a Berkeley EMD file")
@@ -768,7 +784,8 @@ def _read_hdf5(path: Path) -> _Raw:
 
 
 def _hdf5_flavour(path: Path) -> str:
-    """Return 'hspy', 'emd-velox', 'emd-berkeley' or 'hdf5' for an HDF5 file."""
+    """Return 'hspy', 'emd-velox', 'emd-berkeley', 'emd-prismatic' or 'hdf5' for an HDF5
+    file."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -781,6 +798,8 @@ def _hdf5_flavour(path: Path) -> str:
             return "emd-velox"
         if "version_major" in f.attrs:
             return "emd-berkeley"
+        if "4DSTEM_simulation" in f:  # Prismatic's EMD (simulated HRTEM/STEM)
+            return "emd-prismatic"
     return "hdf5"
 
 

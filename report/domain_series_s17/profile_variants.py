@@ -122,6 +122,31 @@ def signature_scan(s, starts, dirs, zmin):
     return list(kept), list(kept.values())
 
 
+def refine(x, starts, sig, mode):
+    """Move each kept cut to the best split between its kept neighbours (session 18):
+    ``mode`` "sig" on the profile projected on the track's loss signature, "full" on the
+    whole scaled profile."""
+    x = T._nan_as_mean(np.asarray(x, np.float64).reshape(len(x), -1))
+    starts = list(starts)
+    for _ in range(CFG.get("refine_iter", 1)):
+        for i in range(len(starts)):
+            a = starts[i - 1] if i else 0
+            c = starts[i + 1] if i + 1 < len(starts) else len(x)
+            if c - a < 2:
+                continue
+            seg = x[a:c]
+            if mode == "sig":
+                if sig is None:
+                    continue
+                seg = (seg @ sig)[:, None]
+            n = len(seg)
+            left = np.cumsum(seg - seg.mean(0), 0)[:-1]
+            k = np.arange(1, n, dtype=float)
+            g = (left ** 2).sum(1) * n / (k * (n - k))
+            starts[i] = a + 1 + int(np.argmax(g))
+    return starts
+
+
 def optimal_starts(values, threshold, min_step=0.0):
     """Optimal partitioning (cost SSE + threshold per cut) of vector sequences."""
     x = np.asarray(values, np.float64)
@@ -196,6 +221,8 @@ def segment(levels, frame_depths, packer, lowest, highest, penalty=2.0, noise=No
             sig_here = T.local_signature(track_levels[cut_track], steps, track_levels[i],
                                          bandwidth, min_weight, signature)
         starts, directions = T.choose_ring_cuts(track_cuts, level_step, sig_here, signature_z)
+        if CFG.get("refine") and starts:
+            starts = refine(scaled[a:b], starts, sig_here, CFG["refine"])
         if proj is not None:
             starts, directions = signature_scan(proj[a:b], starts, directions, CFG["scan_z"])
         out[a:b] = T.depths_from_starts(levels[a:b], frame_depths[a:b], starts, lowest,
