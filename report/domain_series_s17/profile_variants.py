@@ -21,6 +21,10 @@ radial profile and the segmentation itself:
   ``1e9`` is one signature per series, the rule before);
 - ``op``: optimal partitioning (exact, dynamic programming) instead of binary
   segmentation, same penalty.
+- ``refine`` (session 18; with ``refine_iter``, default 1): each kept cut moved to the best
+  split between its kept neighbours, ``"sig"`` on the profile projected on the track's
+  loss signature, ``"full"`` on the whole scaled profile (30 series: 841 and 848 of 964
+  changes against 847; not kept).
 
     VARIANTS='[{"hard": 1, "sig_bw": 1e9}, {}]' python profile_variants.py DIR [DIR ...]
 """
