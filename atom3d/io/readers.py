@@ -752,10 +752,12 @@ def _read_emd(path: Path) -> _Raw:
         try:
             signals = emd.file_reader(str(path), lazy=True, select_type="images")
         except ModuleNotFoundError as exc:  # RosettaSciIO wants `sparse` for EDS files
+            if exc.name != "sparse" and "'sparse'" not in str(exc):
+                raise InputFileError(f"{path}: needs a package that is not installed: "
+                                     f"{_reason(exc)}") from exc
             raise InputFileError(
-                f"{path}: a Velox file with an EDS spectrum image; RosettaSciIO needs "
-                f"the '{exc.name or 'sparse'}' package to open it, even for its images "
-                f"(pip install {exc.name or 'sparse'})"
+                f"{path}: a Velox file with an EDS spectrum image; RosettaSciIO needs the "
+                "'sparse' package to open it, even for its images (pip install sparse)"
             ) from exc
         if not signals:
             raise InputFileError(f"{path}: holds no image or image stack (only spectra?)")
