@@ -320,3 +320,26 @@ def test_tta_forward_is_the_bare_network_for_one_pass_and_the_predictors_mean_fo
         for a, b in zip(wrapped, manual, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(wrapped[0], bare[0], atol=1e-3)
+
+
+def _random_map(rng, n):
+    x = np.sort(rng.uniform(0, 1, n))
+    y = np.sort(rng.uniform(0, 1, n))
+    y[rng.integers(0, n)] = y[max(0, rng.integers(0, n) - 1)]  # flat stretches happen
+    return {"confidence": x.tolist(), "accuracy": np.sort(y).tolist()}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compose_confidence_maps_is_the_composition(seed):
+    from atom3d.training.calibration import compose_confidence_maps
+
+    rng = np.random.default_rng(seed)
+    inner, outer = _random_map(rng, 12), _random_map(rng, 9)
+    knots = compose_confidence_maps(inner, outer)
+    assert np.all(np.diff(knots["confidence"]) >= 0) and np.all(np.diff(knots["accuracy"]) >= 0)
+    c = np.linspace(-0.2, 1.2, 200_001)
+    want = np.interp(np.interp(c, inner["confidence"], inner["accuracy"]),
+                     outer["confidence"], outer["accuracy"])
+    np.testing.assert_allclose(np.interp(c, knots["confidence"], knots["accuracy"]), want,
+                               atol=1e-12)
+    assert compose_confidence_maps(None, outer) == outer  # no map yet: the new one

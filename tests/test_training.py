@@ -605,6 +605,69 @@ def test_extra_training_stores_train_but_never_validate(tiny_store, tmp_path):
         ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
 
 
+def test_recalibrate_map_only_changes_only_the_reported_confidence(tiny_store, tmp_path,
+                                                                    monkeypatch, capsys):
+    """``--map-only``: a map fitted on the columns evaluate scores, composed with the one in
+    use; same weights, temperature, threshold, depths and columns; better in-sample ECE."""
+    from atom3d.evaluation.evaluate import evaluate_store, network_method
+    from atom3d.evaluation.metrics import ece
+    from atom3d.models.artifact import save_artifact
+    from atom3d.models.unet import UNet
+    from atom3d.training import export
+    from atom3d.training.calibration import fit_confidence_map
+    from atom3d.training.main import train_main
+
+    info = read_store_info(tiny_store)
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(info.max_depth + 1,) * 2)
+    with torch.no_grad():
+        for head in net.heads:
+            head.weight.mul_(30.0)
+        for head in net.heads:  # columns everywhere: matched columns to fit on
+            head.bias[0] = -50.0
+    classes = {"Ce": info.max_depth, "O": info.max_depth}
+    inner = {"Ce": {"confidence": [0.0, 1.0], "accuracy": [0.0, 0.9]}}
+    save_artifact(net, tmp_path / "m", name="m", classes=classes, pixel_size_A=0.2,
+                  normalization={}, training_domain={}, temperature={"Ce": 1.3, "O": 1.4},
+                  confidence_map=inner, column_threshold={"Ce": 0.2, "O": 0.3},
+                  metrics={"evaluation": {"min_separation_A": [2.6, 1.6],
+                                          "match_distance_A": [1.0, 0.7],
+                                          "edge_margin_A": 1.0}})
+    monkeypatch.setattr(export, "MIN_MAP_COLUMNS", 1)
+    out = tmp_path / "m8"
+    assert train_main(["recalibrate", str(tmp_path / "m"), "-o", str(out), "--data",
+                       str(tiny_store), "--map-only", "--tta-passes", "4", "--quiet"]) == 0
+    art = load_artifact(out).for_passes(4)
+    assert art.weights_sha256 == load_artifact(tmp_path / "m").weights_sha256
+    assert art.temperature == {"Ce": 1.3, "O": 1.4}
+    assert art.column_threshold == {"Ce": 0.2, "O": 0.3}
+    fit = art.config["pass_calibration"]["4"]["fit"]
+    assert fit["map_only"] and fit["passes"] == 4
+    before = evaluate_store(tiny_store, {"n": network_method(str(tmp_path / "m"), tta=4)[0]},
+                            noise_seed=0, progress=False)["per_image"]["n"]
+    after = evaluate_store(tiny_store, {"n": network_method(str(out), tta=4)[0]},
+                           noise_seed=0, progress=False)["per_image"]["n"]
+    for sp in ("Ce", "O"):
+        assert fit["confidence_map"][sp]["n_columns"] > 0
+        old = np.concatenate([r["confidence"] for r in before[sp]])
+        new = np.concatenate([r["confidence"] for r in after[sp]])
+        ok = np.concatenate([r["correct"] for r in after[sp]])
+        for b, a in zip(before[sp], after[sp], strict=True):  # same columns, same depths
+            np.testing.assert_array_equal(b["pred_depth"], a["pred_depth"])
+            np.testing.assert_array_equal(b["true_idx"], a["true_idx"])
+        # what is reported now is the isotonic fit of these very columns on top of the old
+        outer = fit_confidence_map(old, ok)
+        np.testing.assert_allclose(new, np.interp(old, outer["confidence"], outer["accuracy"]),
+                                   atol=1e-6)
+        assert fit["confidence_map"][sp]["ece_before"] == pytest.approx(ece(old, ok), abs=1e-6)
+        assert fit["confidence_map"][sp]["ece_after"] == pytest.approx(ece(new, ok), abs=1e-6)
+    capsys.readouterr()
+    assert train_main(["recalibrate", str(tmp_path / "m"), "-o", str(tmp_path / "bad"),
+                       "--data", str(tiny_store), "--map-only", "--max-batches", "1",
+                       "--quiet"]) == 2
+    assert "--map-only" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_recalibrate_fits_the_averaged_network_and_keeps_the_weights(tiny_store, tmp_path,
                                                                       capsys):
     from atom3d.inference.predictor import TTANetwork

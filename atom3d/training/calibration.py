@@ -12,6 +12,8 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -205,6 +207,31 @@ def fit_confidence_map(confidence: ArrayLike, correct: ArrayLike,
         n_a[pair] += n_a[pair + 1]
         sy_a, sx_a, n_a = (np.delete(a, pair + 1) for a in (sy_a, sx_a, n_a))
     return {"confidence": (sx_a / n_a).tolist(), "accuracy": (sy_a / n_a).tolist()}
+
+
+def compose_confidence_maps(inner: Mapping[str, Sequence[float]] | None,
+                            outer: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """The knots of ``outer(inner(c))``, exactly, for two confidence maps.
+
+    Both are monotone maps as :meth:`~atom3d.models.artifact.ModelArtifact.map_confidence`
+    applies them (knots joined linearly, constant beyond the end knots); ``inner`` None
+    is the identity. The composition is linear between the knots of ``inner`` and the
+    confidences where ``inner`` reaches a knot of ``outer``: those are its knots.
+    """
+    ox = np.asarray(outer["confidence"], np.float64)
+    oy = np.asarray(outer["accuracy"], np.float64)
+    if inner is None:
+        return {"confidence": ox.tolist(), "accuracy": oy.tolist()}
+    ix = np.asarray(inner["confidence"], np.float64)
+    iy = np.asarray(inner["accuracy"], np.float64)
+    points = [ix]
+    for x0, x1, y0, y1 in zip(ix[:-1], ix[1:], iy[:-1], iy[1:], strict=True):
+        if y1 > y0:  # where this segment of inner crosses a knot of outer
+            v = ox[(ox > y0) & (ox < y1)]
+            points.append(x0 + (v - y0) / (y1 - y0) * (x1 - x0))
+    x = np.unique(np.concatenate(points))
+    y = np.maximum.accumulate(np.interp(np.interp(x, ix, iy), ox, oy))  # exact; rounding-safe
+    return {"confidence": x.tolist(), "accuracy": y.tolist()}
 
 
 def fit_column_threshold(p_column: ArrayLike, matched: ArrayLike, n_true: int,

@@ -744,6 +744,70 @@ def recalibrate_artifact(model: str | Path, stores: Sequence[str | Path], out_di
     return save_pass_calibration(artifact, out_dir, passes, entry)
 
 
+def refit_confidence_map(model: str | Path, stores: Sequence[str | Path], out_dir: str | Path,
+                         *, passes: int = 8, batch_size: int = 8, seed: int = 0,
+                         progress: bool = True) -> Path:
+    """Fit a second confidence map on top of a model's, on the columns it reports.
+
+    The model runs on every finished image of ``stores`` exactly as ``atom3d evaluate``
+    runs it with ``passes`` passes (shot noise at each image's stored dose, seeded by
+    ``seed`` and the image index; the same column finding, thresholds and border
+    margin); for every matched column the confidence it reports (through the map in use
+    for ``passes``) and whether its depth is right are pooled per species, and an
+    isotonic map of correctness on that confidence is fitted
+    (:func:`~atom3d.training.calibration.fit_confidence_map`) and composed with the
+    map in use (:func:`~atom3d.training.calibration.compose_confidence_maps`). The
+    temperature and column threshold stay those in use, so depths, expected depths and
+    the columns found do not change; only the reported confidences do. The result goes
+    into ``pass_calibration[str(passes)]`` (with the figures of the fit) of the model
+    written to ``out_dir``. Species with fewer than ``MIN_MAP_COLUMNS`` matched columns
+    keep their map.
+    """
+    from atom3d.evaluation.evaluate import SPECIES as EVAL_SPECIES
+    from atom3d.evaluation.evaluate import evaluate_store, network_method
+    from atom3d.evaluation.metrics import ece
+    from atom3d.inference.predictor import tta_passes
+    from atom3d.models.artifact import load_artifact, save_pass_calibration
+    from atom3d.training.calibration import compose_confidence_maps, fit_confidence_map
+
+    passes = tta_passes(passes)
+    artifact = load_artifact(model)
+    in_use = artifact.for_passes(passes)
+    stores = _store_list(stores)
+    if not stores:
+        raise UserError("the confidence map needs at least one calibration store (--data)")
+    run, _ = network_method(str(model), batch_size=batch_size, tta=passes)
+    conf: dict[str, list] = {sp: [] for sp in EVAL_SPECIES}
+    right: dict[str, list] = {sp: [] for sp in EVAL_SPECIES}
+    for store in stores:
+        result = evaluate_store(store, {"network": run}, noise_seed=seed, progress=progress)
+        for sp in EVAL_SPECIES:
+            for image in result["per_image"]["network"][sp]:
+                conf[sp].append(np.asarray(image["confidence"], np.float64))
+                right[sp].append(np.asarray(image["correct"], bool))
+    maps = dict(in_use.config.get("confidence_map") or {})
+    figures = {}
+    for sp in EVAL_SPECIES:
+        c, ok = np.concatenate(conf[sp]), np.concatenate(right[sp])
+        if len(c) < MIN_MAP_COLUMNS:
+            continue
+        outer = fit_confidence_map(c, ok)
+        maps[sp] = compose_confidence_maps(maps.get(sp), outer)
+        remapped = np.interp(c, outer["confidence"], outer["accuracy"])
+        figures[sp] = {"n_columns": int(len(c)), "accuracy": float(ok.mean()),
+                       "ece_before": float(ece(c, ok)), "ece_after": float(ece(remapped, ok))}
+    entry = {
+        "temperature": dict(in_use.temperature),
+        "confidence_map": maps or None,
+        "column_threshold": in_use.config.get("column_threshold") or None,
+        "fit": _strict_json({
+            "passes": passes, "map_only": True,
+            "stores": [_describe_store(store) for store in stores],
+            "seed": int(seed), "confidence_map": figures}),
+    }
+    return save_pass_calibration(artifact, out_dir, passes, entry)
+
+
 def recalibrate_main(argv: list[str] | None = None) -> int:
     """Command line of :func:`recalibrate_artifact`; returns the exit code (2 on a user error)."""
     parser = argparse.ArgumentParser(
@@ -765,11 +829,24 @@ def recalibrate_main(argv: list[str] | None = None) -> int:
                         help="use at most this many batches (quick runs)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shot noise drawn at each image's stored dose (default 0)")
+    parser.add_argument("--map-only", action="store_true",
+                        help="keep the temperature and column threshold in use and fit only a "
+                             "confidence map on top of the current one, on the columns the "
+                             "model reports as 'atom3d evaluate' finds and scores them: depths "
+                             "and columns do not change, only the reported confidences")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.map_only:
+            if args.max_batches is not None:
+                raise UserError("--max-batches does not apply to --map-only")
+            out = refit_confidence_map(args.model, args.data, args.out, passes=args.tta_passes,
+                                       batch_size=args.batch_size, seed=args.seed,
+                                       progress=not args.quiet)
+            print(out)
+            return 0
         out = recalibrate_artifact(args.model, args.data, args.out, passes=args.tta_passes,
                                    batch_size=args.batch_size, max_batches=args.max_batches,
                                    seed=args.seed, progress=not args.quiet)
