@@ -839,17 +839,17 @@ def recalibrate_main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.map_only and args.max_batches is not None:
+            raise UserError("--max-batches does not apply to --map-only")
         if args.map_only:
-            if args.max_batches is not None:
-                raise UserError("--max-batches does not apply to --map-only")
             out = refit_confidence_map(args.model, args.data, args.out, passes=args.tta_passes,
                                        batch_size=args.batch_size, seed=args.seed,
                                        progress=not args.quiet)
-            print(out)
-            return 0
-        out = recalibrate_artifact(args.model, args.data, args.out, passes=args.tta_passes,
-                                   batch_size=args.batch_size, max_batches=args.max_batches,
-                                   seed=args.seed, progress=not args.quiet)
+        else:
+            out = recalibrate_artifact(args.model, args.data, args.out, passes=args.tta_passes,
+                                       batch_size=args.batch_size,
+                                       max_batches=args.max_batches, seed=args.seed,
+                                       progress=not args.quiet)
     except UserError as error:
         print(f"atom3d: error: {error}", file=sys.stderr)
         return 2
