@@ -67,14 +67,15 @@ def prefilter(counts: np.ndarray, method: str, pixel_size_A: float, dose: float)
     return denoise(counts / electrons, pixel_size_A, method, 0.3, dose) * electrons
 
 
-def network_method(model: str, device: str = "cpu", batch_size: int = 8,
+def network_method(model, device: str = "cpu", batch_size: int = 8,
                    denoise: str = "none", tta: bool | int = False) -> tuple[Callable, dict]:
     """A callable ``(counts, params) -> {species: table}`` running the model like predict
-    (``tta``: passes of test-time augmentation, as ``atom3d predict --tta``)."""
+    (``tta``: passes of test-time augmentation, as ``atom3d predict --tta``). ``model``:
+    a model name or directory, or an already loaded artifact."""
     from atom3d.inference.predictor import Predictor
-    from atom3d.models.artifact import load_artifact
+    from atom3d.models.artifact import ModelArtifact, load_artifact
 
-    artifact = load_artifact(model, device=device)
+    artifact = model if isinstance(model, ModelArtifact) else load_artifact(model, device=device)
     pred = Predictor(artifact, device=device, batch_size=batch_size, tta=tta)
 
     def run(counts, params):

@@ -776,7 +776,7 @@ def refit_confidence_map(model: str | Path, stores: Sequence[str | Path], out_di
     stores = _store_list(stores)
     if not stores:
         raise UserError("the confidence map needs at least one calibration store (--data)")
-    run, _ = network_method(str(model), batch_size=batch_size, tta=passes)
+    run, _ = network_method(artifact, batch_size=batch_size, tta=passes)
     conf: dict[str, list] = {sp: [] for sp in EVAL_SPECIES}
     right: dict[str, list] = {sp: [] for sp in EVAL_SPECIES}
     for store in stores:
