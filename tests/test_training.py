@@ -598,7 +598,18 @@ def test_extra_training_stores_train_but_never_validate(tiny_store, tmp_path):
     with pytest.raises(ConfigError, match="same structures twice"), pytest.warns(UserWarning):
         ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
     root.attrs["seed"] = int(root.attrs["seed"]) + 1
+    # another mix of structure kinds and another size: the same domain, accepted
     config = dict(root.attrs["config"])
+    root.attrs["config"] = {**config, "n_images": config["n_images"] + 1,
+                            "structure": {**config["structure"], "p_particle": 1.0}}
+    with pytest.warns(UserWarning):
+        mixed = ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
+    assert len(mixed.extra_infos) == 1
+    # another range of structures is another domain: refused
+    root.attrs["config"] = {**config, "structure": {**config["structure"],
+                                                    "tilt_mrad": [0.0, 50.0]}}
+    with pytest.raises(ConfigError, match="differs in: structure"), pytest.warns(UserWarning):
+        ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
     config["labels"] = {**config["labels"], "sigma_A": config["labels"]["sigma_A"] * 2}
     root.attrs["config"] = config
     with pytest.raises(ConfigError, match="differs in: labels"), pytest.warns(UserWarning):

@@ -37,7 +37,10 @@ class ColumnDataModule(pl.LightningDataModule):
         The dataset store (``*.zarr``): split by structure into training and validation.
     extra_train_paths : list of str, optional
         More stores whose finished structures all train (none validates): the same
-        campaign config as ``path`` simulated with other seeds (checked). Validation,
+        campaign config as ``path`` simulated with other seeds (checked; only the store
+        size and the mix of structure kinds, the ``p_*`` keys of ``structure``, may
+        differ, e.g. ``configs/simulate/ceo2_110_particles.yaml`` beside
+        ``ceo2_110.yaml``). Validation,
         the split saved in checkpoints and the calibration at export stay on ``path``
         alone. The class frequencies (class weights) are those of all training stores
         together, weighted by images.
@@ -215,6 +218,19 @@ def _finished_images(info: StoreInfo) -> int:
     return len(image_indices(np.flatnonzero(info.done), info.n_images, info.images_per_structure))
 
 
+_SIZE_KEYS = ("n_images", "images_per_structure")
+
+
+def _domain(key: str, value):
+    """A campaign config section as far as it defines the training domain (see
+    :func:`_matching_info`): store sizes and the structure-kind probabilities dropped."""
+    if key in _SIZE_KEYS:
+        return None
+    if key == "structure" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if not k.startswith("p_")}
+    return value
+
+
 def _matching_info(main: StoreInfo, path: str, others: list[StoreInfo]) -> StoreInfo:
     """Read an extra training store; it must be new and label like ``main`` (else ConfigError)."""
     info = read_store_info(str(path))
@@ -224,9 +240,11 @@ def _matching_info(main: StoreInfo, path: str, others: list[StoreInfo]) -> Store
     if any(Path(info.path).resolve() == Path(o.path).resolve() for o in others):
         raise ConfigError(f"data.extra_train_paths lists {path} twice")
     # the same campaign config (hence labels, depths and the training domain recorded
-    # at export), another seed (else the same structures twice)
+    # at export), another seed (else the same structures twice). Allowed to differ: the
+    # store's size and the mix of structure kinds (the ``p_*`` probabilities of
+    # ``structure``, e.g. a particles-only store beside the default mix), never a range.
     differ = sorted(k for k in set(info.config) | set(main.config)
-                    if info.config.get(k) != main.config.get(k))
+                    if _domain(k, info.config.get(k)) != _domain(k, main.config.get(k)))
     if differ or info.max_depth != main.max_depth:
         raise ConfigError(f"data.extra_train_paths: {path} was simulated with another campaign "
                           f"config than {main.path} (differs in: "
