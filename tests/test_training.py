@@ -658,6 +658,13 @@ def test_recalibrate_map_only_changes_only_the_reported_confidence(tiny_store, t
                             noise_seed=0, progress=False)["per_image"]["n"]
     after = evaluate_store(tiny_store, {"n": network_method(str(out), tta=4)[0]},
                            noise_seed=0, progress=False)["per_image"]["n"]
+    # a loaded artifact (what refit_confidence_map passes) runs as its directory does
+    loaded, info = network_method(load_artifact(out), tta=4)
+    assert info["model"] == str(out)
+    again = evaluate_store(tiny_store, {"n": loaded}, noise_seed=0, progress=False)
+    for sp in ("Ce", "O"):
+        for a, b in zip(after[sp], again["per_image"]["n"][sp], strict=True):
+            np.testing.assert_array_equal(a["confidence"], b["confidence"])
     for sp in ("Ce", "O"):
         assert fit["confidence_map"][sp]["n_columns"] > 0
         old = np.concatenate([r["confidence"] for r in before[sp]])

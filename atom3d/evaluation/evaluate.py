@@ -71,7 +71,7 @@ def network_method(model, device: str = "cpu", batch_size: int = 8,
                    denoise: str = "none", tta: bool | int = False) -> tuple[Callable, dict]:
     """A callable ``(counts, params) -> {species: table}`` running the model like predict
     (``tta``: passes of test-time augmentation, as ``atom3d predict --tta``). ``model``:
-    a model name or directory, or an already loaded artifact."""
+    a model name or directory, or an artifact already loaded (it stays on its device)."""
     from atom3d.inference.predictor import Predictor
     from atom3d.models.artifact import ModelArtifact, load_artifact
 
@@ -85,7 +85,8 @@ def network_method(model, device: str = "cpu", batch_size: int = 8,
                      "depth": fp.columns[sp].depth, "confidence": fp.columns[sp].confidence}
                 for sp in SPECIES}
 
-    info = {"model": str(model), "model_sha256": artifact.config.get("weights_sha256"),
+    label = str(artifact.path or artifact.name) if model is artifact else str(model)
+    info = {"model": label, "model_sha256": artifact.config.get("weights_sha256"),
             "temperature": pred.artifact.temperature, "denoise": denoise,
             "tta_passes": pred.tta_passes,
             "calibration_passes": pred.artifact.calibration_passes}
