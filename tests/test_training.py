@@ -605,6 +605,27 @@ def test_extra_training_stores_train_but_never_validate(tiny_store, tmp_path):
     with pytest.warns(UserWarning):
         mixed = ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
     assert len(mixed.extra_infos) == 1
+    # the training domain recorded at export covers both stores: each store's mix of
+    # kinds, and the thickness range found in the images of either
+    from atom3d.data.store import param
+    from atom3d.training.export import training_domain
+
+    names = list(root.attrs["param_names"])
+    params = np.asarray(root["params"][:])
+    thick = params[:, names.index("thickness_A")]
+    main_thick = param(zarr.open_group(str(tiny_store), mode="r"), "thickness_A")
+    params[np.flatnonzero(np.isfinite(thick))[0], names.index("thickness_A")] = (
+        np.nanmax(main_thick) + 100.0)
+    root["params"][:] = params
+    mixed = ColumnDataModule(str(tiny_store), extra_train_paths=[str(extra)], **kwargs)
+    domain = training_domain(mixed.info, dict(mixed.hparams), mixed.extra_infos)
+    alone_domain = training_domain(alone.info, dict(alone.hparams))
+    assert domain["dataset"]["structure_mix"]["p_particle"] == pytest.approx(
+        config["structure"]["p_particle"])
+    assert [d["structure_mix"]["p_particle"] for d in domain["extra_datasets"]] == [1.0]
+    assert alone_domain["extra_datasets"] == []
+    assert domain["thickness_A"][1] == pytest.approx(np.nanmax(main_thick) + 100.0)
+    assert alone_domain["thickness_A"][1] == pytest.approx(np.nanmax(main_thick))
     # another range of structures is another domain: refused
     root.attrs["config"] = {**config, "structure": {**config["structure"],
                                                     "tilt_mrad": [0.0, 50.0]}}

@@ -362,12 +362,29 @@ def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[
     return out
 
 
-def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Ranges of the simulation parameters seen in training (from the store's config).
+def _structure_mix(structure: Mapping[str, Any]) -> dict[str, float]:
+    """The structure-kind probabilities (``p_*`` keys) of a campaign's ``structure``."""
+    return {k: float(v) for k, v in structure.items() if k.startswith("p_")}
+
+
+def _describe_dataset(info: StoreInfo, root) -> dict[str, Any]:
+    return {"path": info.path, "n_images": info.n_images, "n_structures": info.n_structures,
+            "seed": int(root.attrs["seed"]), "atom3d_version": str(root.attrs["atom3d_version"]),
+            "structure_mix": _structure_mix(info.config["structure"])}
+
+
+def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any],
+                    extra_infos: Sequence[StoreInfo] = ()) -> dict[str, Any]:
+    """Ranges of the simulation parameters seen in training (from the stores' configs).
 
     Units are in the key names; defocus positive = underfocus (C10 = −defocus). Ranges
-    read from the config are the *drawn* ranges; ``thickness_A`` is the range found in
-    the store's images (it follows from the structures, not from one config key).
+    read from the config are the *drawn* ranges (the same in every training store: the
+    data module refuses an extra store with other ranges); ``thickness_A`` and
+    ``max_column_depth`` are found in the images of all training stores (they follow from
+    the structures, not from one config key). The stores may differ in their mix of
+    structure kinds (the ``p_*`` keys of ``structure``, which are not exclusive: e.g.
+    ``p_wedge`` applies to profile crystals, drawn with 1 − ``p_particle``): each store's
+    mix is recorded (``dataset`` and ``extra_datasets``, key ``structure_mix``).
     """
     cfg = info.config
     optics, detector, structure = cfg["optics"], cfg["detector"], cfg["structure"]
@@ -375,11 +392,12 @@ def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any]) -> dict[st
     def scaled(values, factor):
         return [float(v) * factor for v in values]
 
-    root = open_store(info.path)
-    thickness = param(root, "thickness_A")
+    stores = [info, *extra_infos]
+    roots = [open_store(s.path) for s in stores]
+    thickness = np.concatenate([param(r, "thickness_A") for r in roots])
     thickness = thickness[np.isfinite(thickness)]
-    depth_ce = param(root, "max_ce_depth")
-    depth_o = param(root, "max_o_depth")
+    depth_ce = np.concatenate([param(r, "max_ce_depth") for r in roots])
+    depth_o = np.concatenate([param(r, "max_o_depth") for r in roots])
     dose = [float(v) for v in detector["dose_e_per_A2"]]
     train_dose = data_hparams.get("dose_range_e_per_A2")
     return {
@@ -406,12 +424,10 @@ def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any]) -> dict[st
         "particle_diameter_nm": [float(v) for v in structure["particle_diameter_nm"]],
         "slab_thickness_layers": [float(v) for v in structure["slab_thickness_layers"]],
         "label_sigma_A": info.sigma_A,
-        "dataset": {"path": info.path, "n_images": info.n_images,
-                    "n_structures": info.n_structures,
-                    "seed": int(root.attrs["seed"]),
-                    "atom3d_version": str(root.attrs["atom3d_version"]),
+        "dataset": {**_describe_dataset(info, roots[0]),
                     "val_fraction": float(data_hparams.get("val_fraction", 0.0)),
                     "split_seed": int(data_hparams.get("split_seed", 0))},
+        "extra_datasets": [_describe_dataset(s, r) for s, r in zip(extra_infos, roots[1:])],
     }
 
 
@@ -512,7 +528,8 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
     return save_artifact(
         task.net, out_dir, name=name, classes={"Ce": k, "O": k},
         pixel_size_A=float(hp.pixel_size_A), normalization=NORMALIZATION,
-        training_domain=_strict_json(training_domain(datamodule.info, dict(hp))),
+        training_domain=_strict_json(training_domain(datamodule.info, dict(hp),
+                                                      datamodule.extra_infos)),
         temperature=temperature, metrics=_strict_json(metrics),
         confidence_map=confidence_map or None, column_threshold=column_threshold or None)
 
