@@ -191,7 +191,9 @@ def _add_evaluate(sub) -> None:
             "columns to the truth (1.0 Å Ce, 0.7 Å O) and write OUT/metrics.json and plots: "
             "detection precision/recall/F1, exact and within-±1 depth accuracy, mean absolute "
             "depth error [atoms], ECE, confusion matrices, all broken down by dose [e/Å²], "
-            "thickness [Å], defocus [Å], tilt [mrad] and pixel size [Å]."))
+            "thickness [Å], defocus [Å], tilt [mrad] and pixel size [Å], and by structure "
+            "kind (isolated particle or crystal with a surface in profile; OUT/dose_table.md "
+            "has both tables)."))
     p.add_argument("--data", required=True, type=Path, help="test dataset (*.zarr)")
     p.add_argument("--model", default="ceo2-110", help="packaged model name or artifact directory")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")

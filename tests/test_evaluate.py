@@ -38,6 +38,14 @@ def test_evaluate_writes_metrics_for_both_methods(tiny_store, random_model, tmp_
     assert code == 0
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["n_images"] == 4
+    root = open_store(tiny_store)
+    names = list(root.attrs["param_names"])
+    kind_col = list(root.attrs["structure_param_names"]).index("kind")
+    expected_kinds: dict[str, int] = {}
+    for i in range(4):  # the first 4 images: --limit 4
+        s = int(root["params"][i, names.index("structure_index")])
+        kind = {0: "particle", 1: "profile_crystal"}[int(root["structure_params"][s, kind_col])]
+        expected_kinds[kind] = expected_kinds.get(kind, 0) + 1
     assert set(doc["results"]) == {"network", "baseline"}
     for method in ("network", "baseline"):
         for sp in ("Ce", "O"):
@@ -47,10 +55,17 @@ def test_evaluate_writes_metrics_for_both_methods(tiny_store, random_model, tmp_
             assert len(res["by_dose_e_per_A2"]) == 5
             for key in ("by_thickness_A", "by_defocus_A", "by_tilt_mrad", "by_pixel_size_A"):
                 assert key in res
+            # by structure kind: the images of each kind, pooling to the overall figures
+            kinds = res["by_structure_kind"]
+            assert {k: v["all"]["n_images"] for k, v in kinds.items()} == expected_kinds
+            assert sum(v["all"]["tp"] for v in kinds.values()) == o["tp"]
+            assert sum(v["all"]["fn"] for v in kinds.values()) == o["fn"]
     for name in ("ce_conditions.png", "o_conditions.png", "ce_reliability.png",
                  "ce_confusion_network.png"):
         assert (out / name).stat().st_size > 5000
     assert "network" in capsys.readouterr().out
+    table = (out / "dose_table.md").read_text()
+    assert any(kind.replace("_", " ") in table for kind in expected_kinds)
 
 
 def test_evaluate_bad_options_exit_2(tiny_store, random_model, tmp_path, capsys):

@@ -44,6 +44,8 @@ BREAKDOWNS = {
     "tilt_mrad": [0, 2.5, 5, 7.5, 10],
     "pixel_size_A": [0.15, 0.1875, 0.225, 0.2625, 0.3],
 }
+#: Structure kinds of the ``kind`` structure parameter (atom3d.structures.generate).
+STRUCTURE_KINDS = {0: "particle", 1: "profile_crystal"}
 OPTICS_KEYS = ("energy_eV", "defocus_A", "cs_A", "c5_A", "focal_spread_A", "astigmatism_A",
                "astigmatism_angle_rad", "aperture_mrad", "angular_spread_mrad")
 
@@ -201,7 +203,10 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
         indices = indices[:limit]
     k_max = int(attrs["max_depth"])
     per_image = {m: {sp: [] for sp in SPECIES} for m in methods}
-    params_rows = []
+    params_rows, kinds = [], []
+    kind_names = list(attrs.get("structure_param_names", []))
+    structure_kind = (np.asarray(root["structure_params"][:, kind_names.index("kind")], float)
+                      if "kind" in kind_names else None)
     seconds = {m: 0.0 for m in methods}
     for i in tqdm(indices, desc="evaluate", unit="image", disable=not progress):
         params = dict(zip(names, np.asarray(root["params"][i], float), strict=True))
@@ -218,6 +223,8 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
             m = (truth_all["species"] == code) & _inside(truth_all, edge_A, hi_x, hi_y)
             truth[sp] = {"x": truth_all["x"][m], "y": truth_all["y"][m], "depth": truth_all["depth"][m]}
         params_rows.append(params)
+        kind = structure_kind[s] if structure_kind is not None else np.nan
+        kinds.append(STRUCTURE_KINDS.get(int(kind)) if np.isfinite(kind) else None)
         for name, run in methods.items():
             cached, key = None, None
             if cache is not None and hasattr(run, "cache_key"):
@@ -236,7 +243,7 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
                 pt = _subset(pred[sp], _inside(pred[sp], edge_A, hi_x, hi_y))
                 per_image[name][sp].append(column_metrics(pt, truth[sp], MATCH_A[sp]))
     return {"indices": indices, "params": params_rows, "per_image": per_image,
-            "seconds": seconds, "max_depth": k_max}
+            "seconds": seconds, "max_depth": k_max, "structure_kinds": kinds}
 
 
 def _clean(obj):
@@ -268,6 +275,16 @@ def summarise(run: dict) -> dict:
             for lo in (1000, 10000):
                 sel = [r for r, d in zip(results, dose, strict=True) if d >= lo]
                 entry[f"dose_ge_{lo}"] = aggregate(sel) if sel else None
+            # isolated particles and crystals with a surface in profile, at every dose and
+            # at doses >= 1000 e/Å² (stores written before the kind was recorded: none)
+            kinds = run.get("structure_kinds") or [None] * len(results)
+            entry["by_structure_kind"] = {
+                kind: {"all": aggregate([r for r, k in zip(results, kinds, strict=True)
+                                         if k == kind]),
+                       "dose_ge_1000": aggregate([r for r, k, d in zip(results, kinds, dose,
+                                                                        strict=True)
+                                                  if k == kind and d >= 1000])}
+                for kind in STRUCTURE_KINDS.values() if kind in kinds}
             td = agg.get("true_depth", np.zeros(0))
             pdp = agg.get("pred_depth", np.zeros(0))
             entry["confusion_matrix"] = confusion_matrix(td, pdp, run["max_depth"]).tolist() \
@@ -306,7 +323,7 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
     doc = {"data": str(data), "n_images": len(run["indices"]), "noise_seed": noise_seed,
            "match_distance_A": MATCH_A, "methods": info, "results": summary}
     (out_dir / "metrics.json").write_text(json.dumps(_clean(doc), indent=1))
-    (out_dir / "dose_table.md").write_text(dose_table(doc) + "\n")
+    (out_dir / "dose_table.md").write_text(dose_table(doc) + "\n\n" + kind_table(doc) + "\n")
     write_plots(summary, run, out_dir)
     return doc
 
@@ -334,6 +351,28 @@ def dose_table(doc: dict, doses: tuple[int, ...] = (300, 1000, 3000, 10000)) -> 
             lines.append(
                 f"| {method} | {dose} ({ce['lo']:.0f}–{ce['hi']:.0f}) | {ce['n_images']} | "
                 f"{f(ce['f1'])} | {f(ce['exact'])} | {f(ce['within1'])} | {f(ce['ece'])} | "
+                f"{f(o['f1'])} | {f(o['exact'])} |")
+    return "\n".join(lines)
+
+
+def kind_table(doc: dict) -> str:
+    """Markdown table of the headline figures per method and structure kind (isolated
+    particles, crystals with a surface in profile), at doses >= 1000 e/Å² (``metrics.json``:
+    ``by_structure_kind``)."""
+    def f(v: float | None) -> str:
+        return "–" if v is None or v != v else f"{v:.3f}"
+
+    lines = [
+        "| method | structure kind (dose ≥ 1000 e/Å²) | images | Ce F1 | Ce exact | Ce ±1 "
+        "| Ce MAE | Ce ECE | O F1 | O exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in doc["results"].items():
+        for kind, ce in res["Ce"].get("by_structure_kind", {}).items():
+            ce, o = ce["dose_ge_1000"], res["O"]["by_structure_kind"][kind]["dose_ge_1000"]
+            lines.append(
+                f"| {method} | {kind.replace('_', ' ')} | {ce['n_images']} | {f(ce['f1'])} | "
+                f"{f(ce['exact'])} | {f(ce['within1'])} | {f(ce['mae'])} | {f(ce['ece'])} | "
                 f"{f(o['f1'])} | {f(o['exact'])} |")
     return "\n".join(lines)
 
