@@ -427,7 +427,8 @@ def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any],
         "dataset": {**_describe_dataset(info, roots[0]),
                     "val_fraction": float(data_hparams.get("val_fraction", 0.0)),
                     "split_seed": int(data_hparams.get("split_seed", 0))},
-        "extra_datasets": [_describe_dataset(s, r) for s, r in zip(extra_infos, roots[1:])],
+        "extra_datasets": [_describe_dataset(s, r)
+                           for s, r in zip(extra_infos, roots[1:], strict=True)],
     }
 
 
