@@ -31,7 +31,8 @@ for d in dirs:
     if model:
         nd = out_root / d.name
         nd.mkdir(parents=True, exist_ok=True)
-        for f in ("demo_series.tif", "truth_columns.csv", "truth_drift.csv"):
+        # demo.h5: read (and not used) by the scoring's loader, which wants the file
+        for f in ("demo_series.tif", "truth_columns.csv", "truth_drift.csv", "demo.h5"):
             if not (nd / f).exists():
                 shutil.copy(d / f, nd / f)
         PV.ARTIFACT = NEW
