@@ -221,13 +221,19 @@ def _finished_images(info: StoreInfo) -> int:
 _SIZE_KEYS = ("n_images", "images_per_structure")
 
 
+def structure_mix(structure: dict) -> dict[str, float]:
+    """The structure-kind probabilities (the ``p_*`` keys) of a campaign's ``structure``."""
+    return {k: float(v) for k, v in structure.items() if k.startswith("p_")}
+
+
 def _domain(key: str, value):
     """A campaign config section as far as it defines the training domain (see
     :func:`_matching_info`): store sizes and the structure-kind probabilities dropped."""
     if key in _SIZE_KEYS:
         return None
     if key == "structure" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if not k.startswith("p_")}
+        mix = structure_mix(value)
+        return {k: v for k, v in value.items() if k not in mix}
     return value
 
 

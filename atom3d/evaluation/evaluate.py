@@ -31,6 +31,7 @@ from atom3d.data.noise import add_shot_noise
 from atom3d.data.store import open_store, structure_columns
 from atom3d.errors import UserError
 from atom3d.evaluation.metrics import aggregate, breakdown, column_metrics, confusion_matrix
+from atom3d.structures.generate import STRUCTURE_KINDS
 
 SPECIES = ("Ce", "O")
 MATCH_A = {"Ce": 1.0, "O": 0.7}
@@ -44,8 +45,6 @@ BREAKDOWNS = {
     "tilt_mrad": [0, 2.5, 5, 7.5, 10],
     "pixel_size_A": [0.15, 0.1875, 0.225, 0.2625, 0.3],
 }
-#: Structure kinds of the ``kind`` structure parameter (atom3d.structures.generate).
-STRUCTURE_KINDS = {0: "particle", 1: "profile_crystal"}
 OPTICS_KEYS = ("energy_eV", "defocus_A", "cs_A", "c5_A", "focal_spread_A", "astigmatism_A",
                "astigmatism_angle_rad", "aperture_mrad", "angular_spread_mrad")
 
@@ -224,7 +223,7 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
             truth[sp] = {"x": truth_all["x"][m], "y": truth_all["y"][m], "depth": truth_all["depth"][m]}
         params_rows.append(params)
         kind = structure_kind[s] if structure_kind is not None else np.nan
-        kinds.append(STRUCTURE_KINDS.get(int(kind)) if np.isfinite(kind) else None)
+        kinds.append(STRUCTURE_KINDS[int(kind)] if np.isfinite(kind) else None)
         for name, run in methods.items():
             cached, key = None, None
             if cache is not None and hasattr(run, "cache_key"):
@@ -284,7 +283,7 @@ def summarise(run: dict) -> dict:
                        "dose_ge_1000": aggregate([r for r, k, d in zip(results, kinds, dose,
                                                                         strict=True)
                                                   if k == kind and d >= 1000])}
-                for kind in STRUCTURE_KINDS.values() if kind in kinds}
+                for kind in STRUCTURE_KINDS if kind in kinds}
             td = agg.get("true_depth", np.zeros(0))
             pdp = agg.get("pred_depth", np.zeros(0))
             entry["confusion_matrix"] = confusion_matrix(td, pdp, run["max_depth"]).tolist() \
@@ -328,6 +327,11 @@ def main_evaluate(data: str | Path, out_dir: str | Path, *, model: str = "ceo2-1
     return doc
 
 
+def _fmt(v: float | None) -> str:
+    """A table cell: three decimals, "–" for a missing or NaN figure."""
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
 def dose_table(doc: dict, doses: tuple[int, ...] = (300, 1000, 3000, 10000)) -> str:
     """Markdown table of the headline figures per method in the dose bins of ``doses``.
 
@@ -335,9 +339,7 @@ def dose_table(doc: dict, doses: tuple[int, ...] = (300, 1000, 3000, 10000)) -> 
     on 100, 300, 1000, 3000, 10 000 e/Å² in log scale), with its range and number of
     images. Ce: detection F1, exact and within-±1 depth accuracy, ECE; O: F1 and exact.
     """
-    def f(v: float | None) -> str:
-        return "–" if v is None or v != v else f"{v:.3f}"
-
+    f = _fmt
     lines = [
         "| method | dose [e/Å²] (bin) | images | Ce F1 | Ce exact | Ce ±1 | Ce ECE | O F1 | O exact |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -359,9 +361,7 @@ def kind_table(doc: dict) -> str:
     """Markdown table of the headline figures per method and structure kind (isolated
     particles, crystals with a surface in profile), at doses >= 1000 e/Å² (``metrics.json``:
     ``by_structure_kind``)."""
-    def f(v: float | None) -> str:
-        return "–" if v is None or v != v else f"{v:.3f}"
-
+    f = _fmt
     lines = [
         "| method | structure kind (dose ≥ 1000 e/Å²) | images | Ce F1 | Ce exact | Ce ±1 "
         "| Ce MAE | Ce ECE | O F1 | O exact |",

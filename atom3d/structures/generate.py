@@ -137,6 +137,9 @@ class DefectConfig:
             raise ValueError("o_vacancy_surface_enrichment must be > 0 and ce_adatoms >= 0")
 
 
+#: Names of the structure kinds, indexed by the ``kind`` structure parameter.
+STRUCTURE_KINDS = ("particle", "profile_crystal")
+
 #: Names of the numbers stored per structure (NaN where not applicable).
 STRUCTURE_PARAMS = (
     "kind", "diameter_A", "flat_base", "step", "surface", "profile", "thickness_layers",
@@ -157,7 +160,7 @@ def sample_structure(cfg: StructureConfig, defects: DefectConfig, rng: np.random
         sites = lattice_sites(zone, (half, half, half))
         mask, shape_rec = particle_mask(sites, rng, diameter_A=d, asymmetry=cfg.facet_asymmetry,
                                         p_flat_base=cfg.p_flat_base, p_steps=cfg.p_step)
-        rec.update(kind=0, diameter_A=d, flat_base=shape_rec["flat_base"], step=shape_rec["step"])
+        rec.update(kind=STRUCTURE_KINDS.index("particle"), diameter_A=d, flat_base=shape_rec["flat_base"], step=shape_rec["step"])
     else:
         width = rng.uniform(*cfg.slab_width_nm) * 10.0
         layers = int(rng.integers(int(cfg.slab_thickness_layers[0]),
@@ -173,7 +176,7 @@ def sample_structure(cfg: StructureConfig, defects: DefectConfig, rng: np.random
         sites = lattice_sites(zone, (half_xy, half_xy, (layers + wedge + 1) * c))
         mask, shape_rec = profile_mask(sites, rng, thickness_layers=layers, wedge_layers=wedge,
                                        width_A=width, surface=surface, profile=profile)
-        rec.update(kind=1, surface=SURFACES.index(surface), profile=PROFILES.index(profile),
+        rec.update(kind=STRUCTURE_KINDS.index("profile_crystal"), surface=SURFACES.index(surface), profile=PROFILES.index(profile),
                    thickness_layers=layers, wedge_layers=wedge, width_A=width)
     mask = remove_dangling_oxygen(sites, mask)
     frac = rng.uniform(*defects.ce_surface_vacancy_fraction)

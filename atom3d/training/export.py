@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atom3d.data.datamodule import ColumnDataModule
+from atom3d.data.datamodule import ColumnDataModule, structure_mix
 from atom3d.data.dataset import StoreInfo
 from atom3d.data.store import open_store, param
 from atom3d.errors import UserError
@@ -362,15 +362,10 @@ def evaluate_columns(task: ColumnSegmentationTask, loader, temperature: Mapping[
     return out
 
 
-def _structure_mix(structure: Mapping[str, Any]) -> dict[str, float]:
-    """The structure-kind probabilities (``p_*`` keys) of a campaign's ``structure``."""
-    return {k: float(v) for k, v in structure.items() if k.startswith("p_")}
-
-
 def _describe_dataset(info: StoreInfo, root) -> dict[str, Any]:
     return {"path": info.path, "n_images": info.n_images, "n_structures": info.n_structures,
             "seed": int(root.attrs["seed"]), "atom3d_version": str(root.attrs["atom3d_version"]),
-            "structure_mix": _structure_mix(info.config["structure"])}
+            "structure_mix": structure_mix(info.config["structure"])}
 
 
 def training_domain(info: StoreInfo, data_hparams: Mapping[str, Any],
