@@ -109,9 +109,12 @@ def test_dose_table_reads_the_right_bins():
     doc = {"results": {"network": {"Ce": {"by_dose_e_per_A2": bins},
                                    "O": {"by_dose_e_per_A2": bins}}}}
     rows = dose_table(doc).splitlines()[2:]
-    assert len(rows) == 4
-    assert [r.split("|")[4].strip() for r in rows] == ["0.300", "0.500", "0.700", "0.900"]
-    assert rows[0].split("|")[2].strip() == "300 (173–548)"
+    assert len(rows) == 5
+    assert [r.split("|")[4].strip() for r in rows] == ["0.100", "0.300", "0.500", "0.700",
+                                                      "0.900"]
+    assert rows[1].split("|")[2].strip() == "300 (173–548)"
+    # a dose no bin holds gives no row
+    assert len(dose_table(doc, doses=(30, 1000)).splitlines()[2:]) == 1
 
 
 @pytest.mark.parametrize("method", ["gaussian", "nlmeans"])

@@ -479,6 +479,42 @@ def test_export_calibrates_on_a_separate_store(tiny_store, tmp_path, monkeypatch
         assert load_artifact(out).column_threshold[sp] == fit["threshold"]
 
 
+def test_export_records_the_extra_training_stores(tiny_store, tmp_path, monkeypatch):
+    """A checkpoint trained with extra stores: the exported training domain describes
+    those at hand and names the missing ones; the calibration is the main store's."""
+    import shutil
+
+    import zarr
+
+    from atom3d.training.main import export_main, train_main
+
+    monkeypatch.chdir(tmp_path)
+    extra = tmp_path / "particles.zarr"
+    shutil.copytree(tiny_store, extra)
+    root = zarr.open_group(str(extra), mode="r+")
+    root.attrs["seed"] = int(root.attrs["seed"]) + 1
+    config = dict(root.attrs["config"])
+    root.attrs["config"] = {**config, "structure": {**config["structure"], "p_particle": 1.0}}
+    assert train_main(_cli_args(tiny_store, tmp_path, "--trainer.max_epochs", "1",
+                                "--data.extra_train_paths", f"[{extra}]")) == 0
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert export_main([str(ckpt), "-o", str(tmp_path / "both")]) == 0
+    domain = load_artifact(tmp_path / "both").config["training_domain"]
+    assert [d["path"] for d in domain["extra_datasets"]] == [str(extra)]
+    assert domain["extra_datasets"][0]["structure_mix"]["p_particle"] == 1.0
+    assert domain["dataset"]["structure_mix"]["p_particle"] == config["structure"]["p_particle"]
+    assert "extra_datasets_missing" not in domain
+    # the extra store moved away: exported all the same, named as missing, warned of
+    shutil.move(extra, tmp_path / "elsewhere.zarr")
+    with pytest.warns(UserWarning, match="not found"):
+        assert export_main([str(ckpt), "-o", str(tmp_path / "alone")]) == 0
+    alone = load_artifact(tmp_path / "alone").config
+    assert alone["training_domain"]["extra_datasets"] == []
+    assert alone["training_domain"]["extra_datasets_missing"] == [str(extra)]
+    # the extra stores take no part in the calibration
+    assert alone["temperature"] == load_artifact(tmp_path / "both").config["temperature"]
+
+
 def test_one_pass_calibration_equals_the_two_separate_fits(tiny_store):
     from atom3d.training.export import calibrate, calibrate_columns, calibrate_temperature
 

@@ -332,7 +332,7 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None or v != v else f"{v:.3f}"
 
 
-def dose_table(doc: dict, doses: tuple[int, ...] = (300, 1000, 3000, 10000)) -> str:
+def dose_table(doc: dict, doses: tuple[int, ...] = (100, 300, 1000, 3000, 10000)) -> str:
     """Markdown table of the headline figures per method in the dose bins of ``doses``.
 
     Each row is one dose bin of ``metrics.json`` (``by_dose_e_per_A2``; bins are centred

@@ -44,6 +44,7 @@ import inspect
 import json
 import math
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -443,7 +444,8 @@ def _strict_json(value: Any) -> Any:
 def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
                  out_dir: str | Path, *, name: str = "ceo2-110", max_batches: int | None = None,
                  max_pixels: int = 200_000, extra_metrics: Mapping[str, Any] | None = None,
-                 calibration_store: str | Path | Sequence[str | Path] | None = None) -> Path:
+                 calibration_store: str | Path | Sequence[str | Path] | None = None,
+                 missing_extra_stores: Sequence[str] = ()) -> Path:
     """Calibrate on the validation split, evaluate, and write the model artifact.
 
     Parameters
@@ -468,6 +470,9 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         (validation items: stored dose, seeded noise, centred crop). More structures
         than the validation split holds give a temperature that carries over to new
         data; the validation figures are still computed on the validation split.
+    missing_extra_stores : sequence of str
+        Extra training stores the run used that are not at hand (recorded in the
+        training domain as ``extra_datasets_missing``; see :func:`export_checkpoint`).
 
     Returns
     -------
@@ -521,11 +526,13 @@ def export_model(task: ColumnSegmentationTask, datamodule: ColumnDataModule,
         **dict(extra_metrics or {}),
     }
     k = task.n_classes - 1
+    domain = training_domain(datamodule.info, dict(hp), datamodule.extra_infos)
+    if missing_extra_stores:
+        domain["extra_datasets_missing"] = [str(p) for p in missing_extra_stores]
     return save_artifact(
         task.net, out_dir, name=name, classes={"Ce": k, "O": k},
         pixel_size_A=float(hp.pixel_size_A), normalization=NORMALIZATION,
-        training_domain=_strict_json(training_domain(datamodule.info, dict(hp),
-                                                      datamodule.extra_infos)),
+        training_domain=_strict_json(domain),
         temperature=temperature, metrics=_strict_json(metrics),
         confidence_map=confidence_map or None, column_threshold=column_threshold or None)
 
@@ -653,9 +660,17 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
         raise UserError(f"{ckpt_path} does not record its dataset; pass the store path")
     data_hparams["num_workers"] = int(num_workers)
     data_hparams["persistent_workers"] = False
-    # calibration uses the main store's validation split only: extra training stores
-    # (``data.extra_train_paths``) need not exist where the checkpoint is exported
-    data_hparams.pop("extra_train_paths", None)
+    # calibration uses the main store's validation split only; the extra training
+    # stores (``data.extra_train_paths``) are read for the training domain the artifact
+    # records, and need not exist where the checkpoint is exported: a missing one is
+    # named in the artifact (``training_domain.extra_datasets_missing``) and warned of
+    extras = [str(p) for p in data_hparams.pop("extra_train_paths", None) or []]
+    missing = [p for p in extras if not Path(p).exists()]
+    if missing:
+        warnings.warn(f"extra training stores not found, left out of the training domain "
+                      f"the artifact records (named there as missing): {', '.join(missing)}",
+                      stacklevel=2)
+    data_hparams["extra_train_paths"] = [p for p in extras if p not in missing] or None
     # calibrate and validate on whole images, as atom3d predict and evaluate see them:
     # a centred crop (training's val_crop_px) leaves out the particle's rim, where the
     # network is more sure than right, and a confidence map fitted without the rim does
@@ -677,7 +692,7 @@ def export_checkpoint(ckpt_path: str | Path, store_path: str | Path | None, out_
                             "global_step": checkpoint.get("global_step")}}
     return export_model(task, datamodule, out_dir, name=name, max_batches=max_batches,
                         max_pixels=max_pixels, extra_metrics=extra,
-                        calibration_store=calibration_store)
+                        calibration_store=calibration_store, missing_extra_stores=missing)
 
 
 class _ArtifactCalibration:
