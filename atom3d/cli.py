@@ -77,13 +77,18 @@ def _cmd_simulate(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a dataset, results file or model holds; --plot draws it",
                        description="Summarise an atom3d dataset (*.zarr), results file (*.h5) "
-                                   "or model directory (config.json + model.safetensors). "
+                                   "or model (a packaged model's name such as ceo2-110, or a "
+                                   "directory with config.json + model.safetensors: its pixel "
+                                   "size, training domain, calibration and validation figures). "
                                    "--plot draws dataset samples with their depth labels, or "
                                    "the figures of a results file.")
-    p.add_argument("path", type=Path, help="a dataset, a results file or a model directory")
+    p.add_argument("path", type=Path,
+                   help="a dataset, a results file, a model directory or a packaged model name")
     p.add_argument("--plot", type=Path, default=None,
                    help="dataset: PNG file to draw samples into; results: folder for figures")
     p.add_argument("--samples", type=_positive_int, default=8, help="samples to draw (default 8)")
+    p.add_argument("--json", action="store_true",
+                   help="model: print its whole configuration (config.json) as JSON")
     p.set_defaults(func=_cmd_info)
 
 
@@ -100,15 +105,24 @@ def _json_value(v):
 def _cmd_info(args) -> int:
     import json
 
-    path = args.path
-    if not path.exists():
-        raise UserError(f"not found: {path}")
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "zarr.json").exists():
-        from atom3d.models.artifact import load_artifact
+    from atom3d.models.artifact import load_artifact, packaged_models
 
-        cfg = load_artifact(path).config
-        print(json.dumps({k: v for k, v in cfg.items() if k != "architecture"}, indent=1))
+    path = args.path
+    is_model_dir = (path.is_dir() and (path / "config.json").is_file()
+                    and not (path / "zarr.json").exists())
+    if is_model_dir or (not path.exists() and str(path) in packaged_models()):
+        from atom3d.models.summary import model_summary
+
+        artifact = load_artifact(path if is_model_dir else str(path))
+        if args.json:
+            print(json.dumps(artifact.config, indent=1))
+        else:
+            print(model_summary(artifact.config, n_parameters=sum(
+                p.numel() for p in artifact.model.parameters())))
         return 0
+    if not path.exists():
+        raise UserError(f"not found: {path} (not a file, a folder or a packaged model: "
+                        f"{', '.join(packaged_models())})")
     if path.suffix.lower() in (".h5", ".hdf5"):
         from atom3d.io.results import read_results
 

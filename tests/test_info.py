@@ -12,9 +12,38 @@ def test_info_model_directory(capsys):
     from importlib.resources import files
 
     model = files("atom3d") / "models" / "ceo2-110"
-    assert main(["info", str(model)]) == 0
+    assert main(["info", str(model), "--json"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["format"] == "atom3d.model" and cfg["pixel_size_A"] > 0
+
+
+def test_info_model_summary_in_microscope_units(tmp_path, capsys):
+    """By name or directory, a model is described in the units people use: the domain's
+    defocus in nm, Cs in µm, C5 in mm (the config holds Å), its stores, calibration and
+    validation figures."""
+    import shutil
+    from importlib.resources import files
+
+    model = tmp_path / "m"
+    shutil.copytree(str(files("atom3d") / "models" / "ceo2-110"), model)
+    cfg = json.loads((model / "config.json").read_text())
+    dom = cfg["training_domain"]
+    dom.update(defocus_A=[-120.0, 80.0], cs_A=[-150000.0, 30000.0], c5_A=[0.0, 20000000.0],
+               extra_datasets_missing=["/gone/particles.zarr"])
+    cfg["metrics"]["validation"]["Ce"]["exact"] = 0.4321
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", str(model)]) == 0
+    text = capsys.readouterr().out
+    assert "defocus -12 to 8 nm" in text
+    assert "Cs (C3) -15 to 3 µm" in text and "C5 0 to 2 mm" in text
+    assert "exact 0.432" in text and "/gone/particles.zarr" in text
+    assert f"temperature Ce {cfg['temperature']['Ce']:.2f}" in text
+    # a packaged model by its name; a name that is none: one line, exit 2
+    assert main(["info", "ceo2-110"]) == 0
+    assert capsys.readouterr().out.startswith("model ceo2-110 ")
+    assert main(["info", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ceo2-110" in err[0]
 
 
 def test_info_results_file(tmp_path, capsys):
