@@ -49,7 +49,9 @@ def main(store: str, work: str, n: int = 64) -> None:
         tifffile.imwrite(work / "tif" / f"img{i:04d}.tif", counts.astype(np.float32),
                          imagej=True, resolution=(10.0 / p, 10.0 / p), metadata={"unit": "nm"})
     files = [str(work / "tif" / f"img{i:04d}.tif") for i in range(n)]
-    subprocess.run(["atom3d", "predict", *files, "-o", str(work / "h5"), "--quiet"], check=True)
+    atom3d = Path(sys.executable).with_name("atom3d")  # the CLI of this environment
+    subprocess.run([str(atom3d), "predict", *files, "-o", str(work / "h5"), "--quiet"],
+                   check=True)
 
     stash = []
     run, _ = network_method("ceo2-110", tta=8)
@@ -58,7 +60,10 @@ def main(store: str, work: str, n: int = 64) -> None:
         stash.append(run(counts, params))
         return stash[-1]
 
-    res = evaluate_store(store, {"network": keep}, limit=n, progress=False)
+    res = evaluate_store(store, {"network": keep}, noise_seed=NOISE_SEED, limit=n,
+                         progress=False)
+    if res["indices"] != list(range(n)):  # the TIFF of image i must be evaluate's image i
+        raise SystemExit("the store has unfinished structures among its first images")
     per_cli = {sp: [] for sp in SPECIES}
     diff = {"pixel_size_rel": 0.0, "position_A": 0.0, "confidence": 0.0, "depth_mismatch": 0,
             "count_mismatch": 0, "columns": 0}
