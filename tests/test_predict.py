@@ -456,6 +456,40 @@ def test_network_crash_waits_for_the_batch_being_written(series_tif, model_dir,
             np.testing.assert_array_equal(a[table][field], b[table][field], err_msg=field)
 
 
+def test_cpu_frame_loop_frees_each_batch_and_trims_the_heap(series_tif, model_dir,
+                                                           reference_run, tmp_path,
+                                                           monkeypatch):
+    """On a CPU a batch's logits are freed before the next forward pass (held through
+    it they pin a block inside the network's working set, and the heap grows with the
+    series), and the heaps' free memory is handed back every TRIM_EVERY_FRAMES frames and
+    after the loop; the results are those of the reference run."""
+    import weakref
+
+    monkeypatch.setattr(series_mod, "OVERLAP_FINISH", False)
+    monkeypatch.setattr(series_mod, "TRIM_EVERY_FRAMES", 4)
+    trims = []
+    monkeypatch.setattr(series_mod, "release_free_memory", lambda: trims.append(1) or True)
+    original_stage = Predictor.network_stage
+    batches, alive_at_entry = [], []
+
+    def tracked(self, frames, pixel_size_A):
+        alive_at_entry.append(sum(ref() is not None for ref in batches))
+        batch = original_stage(self, frames, pixel_size_A)
+        batches.append(weakref.ref(batch))
+        return batch
+
+    monkeypatch.setattr(Predictor, "network_stage", tracked)
+    out = tmp_path / "run.h5"
+    assert _predict(series_tif, out, model_dir) == 0
+    assert alive_at_entry == [0, 0]  # batches of 4 and 1 frames; none held over
+    assert len(trims) == 2  # after the first 4 frames, and after the loop
+    a, b = read_results(reference_run), read_results(out)
+    for name in MAP_NAMES:
+        np.testing.assert_array_equal(a["maps"][name], b["maps"][name])
+    for field in a["columns"]:
+        np.testing.assert_array_equal(a["columns"][field], b["columns"][field], err_msg=field)
+
+
 # --------------------------------------------------------------------------- tiling
 
 

@@ -39,6 +39,17 @@ the memory profile over a long series and much of the speed.
   otherwise add its own working set on top (session 15, tiny network: peak of a
   1000-frame run 1418 MB against 1267 MB for its frame loop; with the release, the
   frame loop's peak is the run's).
+- **The kept heap drifts.** With the shipped network (base width 24, batches of four
+  512² frames) the heap's layout was not constant after all: session 23 measured a peak
+  of 2056 MB for 100 frames and 2578 MB for 1000 (+25 %), in steps of ~60–120 MB
+  hundreds of frames apart (the tiny network of the memory benchmark's ``--rss-model
+  tiny`` hid it: +3.7 %). Two causes, two fixes in the frame loop of
+  :func:`atom3d.inference.series.predict_series`: a batch's logits (190 MB for four 512²
+  frames and 2 × 23 classes) were still referenced while the next batch's network ran, pinning a block in
+  the middle of its working set (now freed first: 2065 / 1998 MB), and the free
+  memory is handed back every ``TRIM_EVERY_FRAMES`` frames (the next batch faults its
+  working set in again; no slower measurably at 16 frames, 529.6 against 527.8 s for
+  1000 frames).
 
 Elsewhere than Linux/glibc all of this is a no-op.
 """
