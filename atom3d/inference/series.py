@@ -262,9 +262,10 @@ OVERLAP_FINISH: bool | None = None
 #: ResultsWriter's ``commit_every``).
 COMMIT_EVERY = 16
 #: Frames between hand-backs of the heaps' free memory (:func:`release_free_memory`)
-#: during the frame loop, and once after it (0: only after it). Without them the
-#: heap's layout drifts over a long series (session 23, shipped model, 512² frames:
-#: peak 2056 MB for 100 frames, 2578 MB for 1000); see :mod:`atom3d.inference.memory`.
+#: during the frame loop (each time after a batch is written and freed), and once after
+#: it (0: only after it). Without them the heap's layout drifts over a long series
+#: (session 23, shipped model, 512² frames: peak 2056 MB for 100 frames, 2578 MB for
+#: 1000); see :mod:`atom3d.inference.memory`.
 TRIM_EVERY_FRAMES = 64
 #: Frames whose column rows post-processing reads at once (memory: ~1 MB per frame).
 ROW_BLOCK = 16
@@ -948,20 +949,20 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
                         continue
                     frames = [series.frame(i) for i in indices]
                     batch = predictor.network_stage(frames, series.pixel_size_A)
-                    since_trim += len(indices)
-                    if TRIM_EVERY_FRAMES and since_trim >= TRIM_EVERY_FRAMES:
-                        since_trim = 0
-                        release_free_memory()
                     if not overlap:
                         finish_and_write(indices, batch)
                         # free this batch's logits before the next forward pass: held
                         # through it, they pin a block of the heap in the middle of the
                         # network's working set, which then fragments and grows
                         del batch
-                        continue
-                    if writing is not None:
-                        writing.result()
-                    writing = pool.submit(finish_and_write, indices, batch)
+                    else:
+                        if writing is not None:
+                            writing.result()
+                        writing = pool.submit(finish_and_write, indices, batch)
+                    since_trim += len(indices)
+                    if TRIM_EVERY_FRAMES and since_trim >= TRIM_EVERY_FRAMES:
+                        since_trim = 0
+                        release_free_memory()  # on a CPU: nothing of this batch is live
                 if writing is not None:
                     writing.result()
         finally:
