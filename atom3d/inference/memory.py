@@ -58,7 +58,12 @@ the memory profile over a long series and much of the speed.
   Handing back after every batch costs what keeping the working set saves (100 frames:
   66 s in the network against 40–54 s); every 16 frames gave 2148 MB for 100 frames;
   finishing each batch in a worker thread, so that its allocations come from another
-  arena, 2022 / 2103 MB. None of these was kept.
+  arena, 2022 / 2103 MB. None of these was kept. The peak of the same code scatters
+  between runs (100 frames: 1768–2247 MB over nine runs), and the scatter is not from
+  address-space randomisation (``setarch -R``: 1768 / 1860 / 2085 MB), the finishing
+  threads (finished in a persistent pool: 1875 / 1995; serially: 1927 / 2076 / 1980),
+  the network's threads (one thread, 40 frames: 2233 / 2513 / 1996) or str hashing
+  (``PYTHONHASHSEED=0``, 40 frames: 1947 / 1890 / 2002). Not understood yet.
 
 Elsewhere than Linux/glibc all of this is a no-op.
 """
