@@ -219,7 +219,8 @@ def _add_evaluate(sub) -> None:
                    help="comma-separated filters of the baseline: gaussian,nlmeans,none")
     p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N images")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=8,
+                   help="tiles per batch (on a GPU per forward pass; a CPU takes one at a time)")
     p.add_argument("--noise-seed", type=_seed, default=12345, help="seed of the shot noise")
     add_tta_arguments(p, default=8)
     p.add_argument("--baseline-cache", type=Path, default=None,

@@ -494,6 +494,35 @@ def test_cpu_frame_loop_frees_each_batch_and_trims_the_heap(series_tif, model_di
         np.testing.assert_array_equal(a["columns"][field], b["columns"][field], err_msg=field)
 
 
+@pytest.mark.parametrize("passes", [1, 4])
+def test_cpu_network_runs_a_batch_in_slices_with_the_same_logits(model_dir, monkeypatch,
+                                                                  passes):
+    """On a CPU a batch goes through the network CPU_NETWORK_IMAGES images at a time (the
+    heap then keeps one image's activations, not the batch's), with the logits of the
+    whole batch at once."""
+    import atom3d.inference.predictor as predictor_mod
+
+    predictor = Predictor(load_artifact(model_dir), batch_size=4, tta=passes)
+    rng = np.random.default_rng(3)
+    batch = rng.normal(size=(3, 1, 64, 64)).astype(np.float32)
+    seen = []
+    hook = predictor.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+    try:
+        monkeypatch.setattr(predictor_mod, "CPU_NETWORK_IMAGES", None)
+        whole = predictor._network(batch)
+        assert seen == [3] * passes
+        seen.clear()
+        monkeypatch.setattr(predictor_mod, "CPU_NETWORK_IMAGES", 2)
+        sliced = predictor._network(batch)
+        assert seen == [2] * passes + [1] * passes
+    finally:
+        hook.remove()
+    assert len(sliced) == len(whole) == 2
+    for a, b in zip(whole, sliced, strict=True):
+        assert a.shape == b.shape and b.dtype == np.float32
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- tiling
 
 

@@ -63,7 +63,17 @@ the memory profile over a long series and much of the speed.
   address-space randomisation (``setarch -R``: 1768 / 1860 / 2085 MB), the finishing
   threads (finished in a persistent pool: 1875 / 1995; serially: 1927 / 2076 / 1980),
   the network's threads (one thread, 40 frames: 2233 / 2513 / 1996) or str hashing
-  (``PYTHONHASHSEED=0``, 40 frames: 1947 / 1890 / 2002). Not understood yet.
+  (``PYTHONHASHSEED=0``, 40 frames: 1947 / 1890 / 2002). A probe of the heap after
+  every layer (mallinfo2) found the memory in use the same in every run (at most
+  970–981 MB at layer ends) and the heap around it 1576, 1712 and 1754 MB after six
+  batches: the scatter is fragmentation, the free space the activations leave between
+  each other, and it grows with the size of the working set.
+- **On a CPU the network takes one image at a time** (``CPU_NETWORK_IMAGES`` in
+  :mod:`atom3d.inference.predictor`; a batch of ``--batch-size`` frames is still read,
+  finished and written together). The network is no faster on four 512² frames at once
+  than on one, and its logits are bit for bit the same, while the working set the heap
+  keeps, and the fragmentation around it, is a quarter. Session 24, 100 frames: peak
+  969 / 996 / 973 MB (against 1768–2247), 42–44 s in the network (40–54 s before).
 
 Elsewhere than Linux/glibc all of this is a no-op.
 """

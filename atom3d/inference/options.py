@@ -46,8 +46,9 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--half", action="store_true",
                    help="half-precision (float16) network on CUDA")
     p.add_argument("--batch-size", type=_positive_int, default=4, metavar="B",
-                   help="tiles (or whole frames that fit in one tile) per forward pass "
-                        "(default 4; memory grows with batch × tile²)")
+                   help="tiles (or whole frames that fit in one tile) per batch (default "
+                        "4); on a GPU one forward pass each, memory growing with batch × "
+                        "tile²; on a CPU the network takes them one at a time, as fast")
     p.add_argument("--tile", type=_positive_int, default=512, metavar="PX",
                    help="largest tile side [px] on the model's pixel grid (default 512); "
                         "frames that fit are predicted whole, larger ones in the fewest "
