@@ -336,10 +336,7 @@ class Predictor:
         # on a CPU the activations come from the heap, kept from batch to batch (see
         # atom3d.inference.memory); a GPU's live in its own memory
         cpu = x.device.type == "cpu"
-
-        def heap() -> contextlib.AbstractContextManager[None]:
-            return network_allocations() if cpu else contextlib.nullcontext()
-
+        heap = network_allocations if cpu else contextlib.nullcontext  # one per forward
         step = CPU_NETWORK_IMAGES if cpu and CPU_NETWORK_IMAGES else len(x)
         if step >= len(x):
             with torch.no_grad(), heap():
