@@ -471,6 +471,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from atom3d.inference.series import predict_series
     from atom3d.io.readers import open_series
     from atom3d.models.artifact import load_artifact
+    from atom3d.models.summary import expected_at_dose
 
     try:
         artifact = load_artifact(args.model)
@@ -509,6 +510,11 @@ def run_demo(args: argparse.Namespace) -> int:
     xyz = export_xyz(results, out / "xyz")
     scores = evaluate_against_truth(results, sim.truth, sim.drift_A)
     _print_report(scores, sim.drift_A, results)
+    expected = expected_at_dose(artifact.config, summary["median_dose_e_per_A2"])
+    if expected:
+        print(f"  for comparison, {expected} (frames here: ≈ "
+              f"{summary['median_dose_e_per_A2']:.0f} e/Å² from their shot noise, "
+              f"{args.dose:g} simulated; a series adds tracking over time)")
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
               "frozen_phonons": args.frozen_phonons, "pixel_size_A": args.pixel_size,
               "defocus_nm": args.defocus, "cs_um": args.cs,

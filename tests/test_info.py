@@ -1,8 +1,10 @@
 """atom3d info on a model directory, a results file and bad paths."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from atom3d.cli import main
 from atom3d.io.results import ResultsWriter
@@ -75,3 +77,87 @@ def test_info_bad_paths(tmp_path, capsys):
     assert main(["info", str(tmp_path / "junk.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("atom3d: error:") for line in err)
+
+
+def _metrics_doc(sha="abc"):
+    """An ``atom3d evaluate`` metrics.json document with two dose bins."""
+    def bins(scale):
+        return [{"lo": 50.0, "hi": 500.0, "n_images": 3, "f1": 0.9 * scale, "exact": 0.4 * scale,
+                 "within1": 0.8 * scale},
+                {"lo": 500.0, "hi": 20000.0, "n_images": 5, "f1": 0.99 * scale,
+                 "exact": 0.7 * scale, "within1": 0.97 * scale}]
+    return {"methods": {"network": {"tta_passes": 8, "model_sha256": sha}},
+            "results": {"network": {"Ce": {"by_dose_e_per_A2": bins(1.0)},
+                                    "O": {"by_dose_e_per_A2": bins(0.9)}}}}
+
+
+def test_expected_accuracy_at_a_dose_is_read_from_the_test_figures():
+    """The row of the test set at the frames' dose; beyond the bins the nearest, said so;
+    no figures, or no usable dose: nothing."""
+    from atom3d.models.summary import TEST_BY_DOSE, expected_at_dose, test_figures_entry
+
+    entry = test_figures_entry(_metrics_doc(), "8 particles", "m.json")
+    assert entry["passes"] == 8 and [b["lo"] for b in entry["bins"]] == [50.0, 500.0]
+    assert entry["bins"][1]["O"]["exact"] == pytest.approx(0.63)
+    config = {"metrics": {TEST_BY_DOSE: entry}}
+    low = expected_at_dose(config, 120.0)
+    assert "50–500 e/Å²" in low and "Ce F1 0.90, exact depth 0.40, within ±1 0.80" in low
+    assert "O F1 0.81" in low and "tested" not in low
+    high = expected_at_dose(config, 1000.0)
+    assert "exact depth 0.70" in high and "8 particles; 8 passes" in high
+    assert "highest dose tested" in expected_at_dose(config, 50000.0)
+    assert "lowest dose tested" in expected_at_dose(config, 10.0)
+    for dose in (float("nan"), 0.0, -5.0, float("inf"), None):
+        assert expected_at_dose(config, dose) is None
+    assert expected_at_dose({"metrics": {}}, 1000.0) is None
+    assert expected_at_dose({}, 1000.0) is None
+
+
+def test_shipped_model_carries_its_particle_test_figures(capsys):
+    """The packaged model's test figures by dose are those of the model card's particle
+    test set, measured with these very weights, and `atom3d info` lists them."""
+    from importlib.resources import files
+
+    cfg = json.loads((files("atom3d") / "models" / "ceo2-110" / "config.json").read_text())
+    entry = cfg["metrics"]["test_by_dose"]
+    assert entry["passes"] == 8 and len(entry["bins"]) == 5
+    source = Path(__file__).resolve().parents[1] / entry["source"]
+    if source.exists():  # a source checkout: the figures are the report's, unchanged
+        doc = json.loads(source.read_text())
+        assert doc["methods"]["network"]["model_sha256"] == cfg["weights_sha256"]
+        ce = doc["results"]["network"]["Ce"]["by_dose_e_per_A2"]
+        assert [b["Ce"]["exact"] for b in entry["bins"]] == [b["exact"] for b in ce]
+    assert main(["info", "ceo2-110"]) == 0
+    text = capsys.readouterr().out
+    bin1000 = entry["bins"][2]["Ce"]
+    assert f"exact {bin1000['exact']:.3f}, ±1 {bin1000['within1']:.3f}" in text
+
+
+def test_figures_entry_script_refuses_metrics_of_other_weights(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from importlib.resources import files
+
+    model = tmp_path / "m"
+    shutil.copytree(str(files("atom3d") / "models" / "ceo2-110"), model)
+    before = (model / "config.json").read_text()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(_metrics_doc(sha="0" * 64)))
+    script = Path(__file__).resolve().parents[1] / "training" / "write_test_figures.py"
+    if not script.exists():
+        pytest.skip("training/ is not in this checkout")
+    run = subprocess.run([sys.executable, str(script), str(model), str(metrics),
+                          "--test-set", "x"], capture_output=True, text=True)
+    assert run.returncode != 0 and "other weights" in run.stderr
+    assert (model / "config.json").read_text() == before
+    cfg = json.loads(before)
+    metrics.write_text(json.dumps(_metrics_doc(sha=cfg["weights_sha256"])))
+    run = subprocess.run([sys.executable, str(script), str(model), str(metrics),
+                          "--test-set", "x"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    after = json.loads((model / "config.json").read_text())
+    assert after["metrics"]["test_by_dose"]["bins"][0]["Ce"]["exact"] == 0.4
+    after["metrics"].pop("test_by_dose")
+    cfg["metrics"].pop("test_by_dose")
+    assert after == cfg  # nothing else moved

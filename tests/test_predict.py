@@ -4,11 +4,13 @@ Every test uses a tiny random-weight model artifact (UNet base_width=8, depth=2)
 a temporary directory; the numbers it predicts are meaningless, the plumbing is not.
 """
 
+import json
 import math
 import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
@@ -772,8 +774,6 @@ def test_demo_end_to_end(tmp_path, model_dir, capsys):
         assert s.frame_interval_s == pytest.approx(1.0)
     r = read_results(out / "demo.h5", load_maps=False)
     assert r["frames"]["frame"].tolist() == [0, 1, 2]
-    import json
-
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"Ce", "O", "n_ce_true", "n_ce_pred"} <= set(metrics)
     assert metrics["n_ce_true"][0] > metrics["n_ce_true"][-1]  # the particle loses Ce
@@ -1164,3 +1164,36 @@ def test_malloc_settings_fit_in_a_c_int():
         assert 0 < value < 1 << 31
     with pytest.raises(ValueError, match="C int"):
         memory._mallopt(-1, 4 << 30)
+
+
+def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir, series_tif,
+                                                            capsys):
+    """A model that carries test figures by dose: predict says, after its summary, what
+    they were at the median dose of the frames (estimated from their shot noise); one
+    without them (the tiny model) says nothing of the kind."""
+    import shutil
+
+    from atom3d.models.summary import TEST_BY_DOSE
+
+    model = tmp_path / "with_figures"
+    shutil.copytree(model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    row = {"f1": 0.5, "exact": 0.25, "within1": 0.75}
+    cfg["metrics"][TEST_BY_DOSE] = {
+        "test_set": "hand-made", "source": "-", "passes": 1,
+        "bins": [{"lo": 1.0, "hi": 1e6, "n_images": 1, "Ce": row, "O": row}]}
+    (model / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert predict_main([str(series_tif), "-o", str(tmp_path / "a.h5"), "--model", str(model),
+                         "--no-tta"]) == 0
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("dose ≈")]
+    assert len(lines) == 1, lines
+    assert "hand-made; 1 passes" in lines[0] and "Ce F1 0.50, exact depth 0.25" in lines[0]
+    dose = float(lines[0].split("≈")[1].split()[0])
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        valid = f["frames/valid"][:].astype(bool)
+        doses = f["frames/dose_e_per_A2"][:][valid]
+    assert valid.sum() == 4 and dose == pytest.approx(np.median(doses), abs=0.5)
+    assert predict_main([str(series_tif), "-o", str(tmp_path / "b.h5"), "--model",
+                         str(model_dir), "--no-tta"]) == 0
+    assert "dose ≈" not in capsys.readouterr().out

@@ -70,7 +70,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ from atom3d.io.results import (
     sha256_file,
 )
 from atom3d.models import DEFAULT_MODEL  # model used when --model is not given
+from atom3d.models.summary import expected_at_dose
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -983,8 +984,16 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
         "n_invalid": int(np.sum(~frames_table["valid"].astype(bool))),
         "n_columns": n_columns,
         "resumed_frames": len(done),
+        "median_dose_e_per_A2": _median_dose(frames_table),
         **stats,
     }
+
+
+def _median_dose(frames: Mapping[str, np.ndarray]) -> float:
+    """Median estimated dose [e/Å²] of the valid frames (NaN when there is none)."""
+    dose = np.asarray(frames["dose_e_per_A2"], float)[np.asarray(frames["valid"], bool)]
+    dose = dose[np.isfinite(dose)]
+    return float(np.median(dose)) if dose.size else math.nan
 
 
 def _fits_one_tile(predictor: Predictor, series: Any) -> bool:
@@ -1128,6 +1137,10 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
         print(f"{dst}: {summary['n_frames']} frames ({summary['n_invalid']} invalid), "
               f"{summary['n_columns']} columns, {summary['n_tracks']} tracks, "
               f"{summary['n_events']} events")
+        expected = expected_at_dose(predictor.artifact.config, summary["median_dose_e_per_A2"])
+        if expected and not args.quiet:
+            print(f"dose ≈ {summary['median_dose_e_per_A2']:.0f} e/Å² per frame (median, "
+                  f"from the frames' shot noise); {expected}")
     sub = _stem(src) if several else ""
     if args.figures is not None:
         from atom3d.inference.figures import plot_results

@@ -43,6 +43,54 @@ def _figures(block: Mapping[str, Any]) -> str:
             f"MAE {block['mae']:.2f}, ECE {block['ece']:.3f}")
 
 
+#: Key of ``config["metrics"]`` holding the test-set figures by dose
+#: (:func:`test_figures_entry`): what :func:`expected_at_dose` reads.
+TEST_BY_DOSE = "test_by_dose"
+
+
+def test_figures_entry(metrics_doc: Mapping[str, Any], test_set: str, source: str) -> dict:
+    """The ``config["metrics"]["test_by_dose"]`` entry from an ``atom3d evaluate``
+    ``metrics.json`` document: per dose bin [e/Å², as evaluated], per species, detection
+    F1, exact depth and within-±1 of the network, with the number of network passes."""
+    results = metrics_doc["results"]["network"]
+    bins = []
+    for i, ce in enumerate(results["Ce"]["by_dose_e_per_A2"]):
+        row = {"lo": float(ce["lo"]), "hi": float(ce["hi"]), "n_images": int(ce["n_images"])}
+        for sp in ("Ce", "O"):
+            b = results[sp]["by_dose_e_per_A2"][i]
+            row[sp] = {k: float(b[k]) for k in ("f1", "exact", "within1")}
+        bins.append(row)
+    return {"test_set": test_set, "source": source,
+            "passes": int(metrics_doc["methods"]["network"]["tta_passes"]), "bins": bins}
+
+
+def expected_at_dose(config: Mapping[str, Any], dose_e_per_A2: float) -> str | None:
+    """One line: what the model's test set measured at this dose (None without figures,
+    or for a dose that is not a finite positive number). Doses beyond the bins take the
+    nearest bin and say so."""
+    entry = (config.get("metrics") or {}).get(TEST_BY_DOSE)
+    try:
+        dose = float(dose_e_per_A2)
+    except (TypeError, ValueError):
+        return None
+    if not entry or not entry.get("bins") or not (dose > 0 and dose < float("inf")):
+        return None
+    bins = entry["bins"]
+    inside = [b for b in bins if b["lo"] <= dose < b["hi"]]
+    note = ""
+    if inside:
+        b = inside[0]
+    elif dose < bins[0]["lo"]:
+        b, note = bins[0], ", the lowest dose tested"
+    else:
+        b, note = bins[-1], ", the highest dose tested"
+    where = f"{b['lo']:.0f}–{b['hi']:.0f} e/Å²{note}"
+    figures = "; ".join(f"{sp} F1 {b[sp]['f1']:.2f}, exact depth {b[sp]['exact']:.2f}, "
+                        f"within ±1 {b[sp]['within1']:.2f}" for sp in ("Ce", "O") if sp in b)
+    return (f"on its test set ({entry.get('test_set', '?')}; {entry.get('passes', '?')} "
+            f"passes) at {where}, one frame at a time, this model scored: {figures}")
+
+
 def model_summary(config: Mapping[str, Any], *, n_parameters: int | None = None) -> str:
     """Lines describing the artifact ``config`` (a model's ``config.json``)."""
     arch = config.get("architecture", {})
@@ -103,6 +151,14 @@ def model_summary(config: Mapping[str, Any], *, n_parameters: int | None = None)
         for sp in ("Ce", "O"):
             if isinstance(val.get(sp), Mapping) and "f1" in val[sp]:
                 lines.append(f"    {sp}: {_figures(val[sp])}")
+    test = metrics.get(TEST_BY_DOSE) or {}
+    if test.get("bins"):
+        lines.append(f"  test set ({test.get('test_set', '?')}; {test.get('passes', '?')} "
+                     "passes), Ce by dose [e/Å²]:")
+        for b in test["bins"]:
+            lines.append(f"    {b['lo']:.0f}–{b['hi']:.0f} ({b['n_images']} images): F1 "
+                         f"{b['Ce']['f1']:.3f}, exact {b['Ce']['exact']:.3f}, "
+                         f"±1 {b['Ce']['within1']:.3f}")
     ckpt = metrics.get("checkpoint") or {}
     if ckpt:
         lines.append(f"  trained: checkpoint {ckpt.get('file', '?')} at step "
