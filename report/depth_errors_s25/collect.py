@@ -65,7 +65,11 @@ def main(data: str, out: str, noise_seed: int = 12345, edge_A: float = 1.0) -> N
                 rows[sp].append((i, s, tab.x_A[k], tab.y_A[k], int(tab.depth[k]),
                                  float(tab.confidence[k]), float(tab.p_column[k]), int(td[r]),
                                  tab.probs[k].astype(np.float32)))
+    kind_names = list(root.attrs.get("structure_param_names", []))
+    kinds = (np.asarray(root["structure_params"][:, kind_names.index("kind")], float)
+             if "kind" in kind_names else np.full(len(done), np.nan))
     arrays = {"param_names": np.array(names), "params": np.array(params_all),
+              "structure_kind": kinds,  # per structure: 0 particle, 1 profile crystal
               "indices": np.array(indices),
               "truth": np.array(truth_rows, float)}
     for sp in SPECIES:
