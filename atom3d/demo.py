@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -512,9 +513,11 @@ def run_demo(args: argparse.Namespace) -> int:
     _print_report(scores, sim.drift_A, results)
     expected = expected_at_dose(artifact.config, summary["median_dose_e_per_A2"])
     if expected:
-        print(f"  for comparison, {expected} (frames here: ≈ "
-              f"{summary['median_dose_e_per_A2']:.0f} e/Å² from their shot noise, "
-              f"{args.dose:g} simulated; a series adds tracking over time)")
+        print(textwrap.fill(
+            f"For comparison, {expected} (frames here: ≈ {summary['median_dose_e_per_A2']:.0f}"
+            f" e/Å² from their shot noise, {args.dose:g} simulated; a series adds tracking "
+            "over time).", width=100, initial_indent="  ", subsequent_indent="  ",
+            break_on_hyphens=False))
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
               "frozen_phonons": args.frozen_phonons, "pixel_size_A": args.pixel_size,
               "defocus_nm": args.defocus, "cs_um": args.cs,

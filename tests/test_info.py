@@ -101,10 +101,10 @@ def test_expected_accuracy_at_a_dose_is_read_from_the_test_figures():
     assert entry["bins"][1]["O"]["exact"] == pytest.approx(0.63)
     config = {"metrics": {TEST_BY_DOSE: entry}}
     low = expected_at_dose(config, 120.0)
-    assert "50–500 e/Å²" in low and "Ce F1 0.90, exact depth 0.40, within ±1 0.80" in low
-    assert "O F1 0.81" in low and "tested" not in low
+    assert "50–500 e/Å²" in low and "Ce F1 0.900, exact depth 0.400, within ±1 0.800" in low
+    assert "O F1 0.810" in low and "tested" not in low
     high = expected_at_dose(config, 1000.0)
-    assert "exact depth 0.70" in high and "8 particles; 8 passes" in high
+    assert "exact depth 0.700" in high and "8 particles; 8 passes" in high
     assert "highest dose tested" in expected_at_dose(config, 50000.0)
     assert "lowest dose tested" in expected_at_dose(config, 10.0)
     for dose in (float("nan"), 0.0, -5.0, float("inf"), None):

@@ -1186,10 +1186,19 @@ def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir,
     capsys.readouterr()
     assert predict_main([str(series_tif), "-o", str(tmp_path / "a.h5"), "--model", str(model),
                          "--no-tta"]) == 0
-    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("dose ≈")]
-    assert len(lines) == 1, lines
-    assert "hand-made; 1 passes" in lines[0] and "Ce F1 0.50, exact depth 0.25" in lines[0]
-    dose = float(lines[0].split("≈")[1].split()[0])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    first = [i for i, s in enumerate(lines) if s.startswith("dose ≈")]
+    assert len(first) == 1
+    paragraph = [lines[first[0]]]
+    for s in lines[first[0] + 1:]:
+        if not s.startswith("  "):
+            break
+        paragraph.append(s)
+    assert len(paragraph) > 1 and max(map(len, paragraph)) <= 100  # wrapped for a terminal
+    text = " ".join(" ".join(paragraph).split())  # the paragraph as one line
+    assert "hand-made; 1 passes" in text and "Ce F1 0.500, exact depth 0.250" in text
+    dose = float(text.split("dose ≈")[1].split()[0])
     with h5py.File(tmp_path / "a.h5", "r") as f:
         valid = f["frames/valid"][:].astype(bool)
         doses = f["frames/dose_e_per_A2"][:][valid]

@@ -70,6 +70,7 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -1139,8 +1140,10 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
               f"{summary['n_events']} events")
         expected = expected_at_dose(predictor.artifact.config, summary["median_dose_e_per_A2"])
         if expected and not args.quiet:
-            print(f"dose ≈ {summary['median_dose_e_per_A2']:.0f} e/Å² per frame (median, "
-                  f"from the frames' shot noise); {expected}")
+            print(textwrap.fill(f"dose ≈ {summary['median_dose_e_per_A2']:.0f} e/Å² per frame "
+                                f"(median, from the frames' shot noise); {expected}",
+                                width=100, subsequent_indent="  ",
+                                break_on_hyphens=False))
     sub = _stem(src) if several else ""
     if args.figures is not None:
         from atom3d.inference.figures import plot_results

@@ -85,8 +85,8 @@ def expected_at_dose(config: Mapping[str, Any], dose_e_per_A2: float) -> str | N
     else:
         b, note = bins[-1], ", the highest dose tested"
     where = f"{b['lo']:.0f}–{b['hi']:.0f} e/Å²{note}"
-    figures = "; ".join(f"{sp} F1 {b[sp]['f1']:.2f}, exact depth {b[sp]['exact']:.2f}, "
-                        f"within ±1 {b[sp]['within1']:.2f}" for sp in ("Ce", "O") if sp in b)
+    figures = "; ".join(f"{sp} F1 {b[sp]['f1']:.3f}, exact depth {b[sp]['exact']:.3f}, "
+                        f"within ±1 {b[sp]['within1']:.3f}" for sp in ("Ce", "O") if sp in b)
     return (f"on its test set ({entry.get('test_set', '?')}; {entry.get('passes', '?')} "
             f"passes) at {where}, one frame at a time, this model scored: {figures}")
 
