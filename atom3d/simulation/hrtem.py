@@ -255,7 +255,13 @@ def exit_spectra(structure: Structure, grid: Grid, ms: MultisliceConfig, energy_
     The kept grid has n ≥ 4·k_cut·L points, so intensities formed from it are free of
     aliasing.
     """
-    waves = exit_waves(structure, grid, ms, energy_eV, seed)
+    return band_limited_spectra(exit_waves(structure, grid, ms, energy_eV, seed), grid, k_cut,
+                                energy_eV)
+
+
+def band_limited_spectra(waves: np.ndarray, grid: Grid, k_cut: float,
+                         energy_eV: float) -> ExitSpectra:
+    """Exit waves ``(configs, n_wave, n_wave)`` as :func:`exit_spectra` keeps them."""
     k_cut = min(k_cut, (2 / 3) / (2 * grid.wave_sampling_A))  # abTEM's antialiasing limit
     n = min(_good_size(int(np.ceil(4 * k_cut * grid.extent_A)) + 2), grid.n_wave)
     spec = fourier_resize(np.fft.fft2(waves), n)

@@ -37,8 +37,7 @@ from atom3d.simulation.campaign import configure_abtem, load_campaign_config
 from atom3d.simulation.hrtem import (
     ExitSpectra,
     _good_size,
-    fourier_resize,
-    frequencies,
+    band_limited_spectra,
     image_from_spectra,
     make_grid,
 )
@@ -95,14 +94,7 @@ def spectra(st: Structure, grid, ms, energy, k_cut, disp: np.ndarray, box) -> Ex
     for d in disp:
         moved = dataclasses.replace(st, positions=st.positions + d)
         waves.append(exit_wave_in_box(moved, grid, ms, energy, box))
-    waves = np.stack(waves)
-    k_cut = min(k_cut, (2 / 3) / (2 * grid.wave_sampling_A))
-    n = min(_good_size(int(np.ceil(4 * k_cut * grid.extent_A)) + 2), grid.n_wave)
-    spec = fourier_resize(np.fft.fft2(waves), n)
-    kx, ky = frequencies(n, grid.extent_A)
-    spec *= (kx**2 + ky**2 <= k_cut**2)
-    spec *= n * n / float(grid.n_wave) ** 2
-    return ExitSpectra(spec.astype(np.complex64), grid, k_cut, energy)
+    return band_limited_spectra(np.stack(waves), grid, k_cut, energy)
 
 
 #: Optics the observer may not know: finite-difference steps (Å, mrad), and the image's
