@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,40 @@ def baseline_method(denoise: str = "gaussian", max_depth: int = 22) -> tuple[Cal
     return run, {"method": "intensity matching with oracle optics", "denoise": denoise}
 
 
+@dataclass(frozen=True)
+class EvaluationImage:
+    """One image of a store as :func:`evaluate_store` scores it."""
+
+    params: dict  # the image's row of ``params``, by name
+    clean: np.ndarray  # noise-free image (vacuum = 1)
+    counts: np.ndarray  # with shot noise of seed ``[noise_seed, index]``
+    truth: dict  # the structure's true columns (:func:`structure_columns`)
+    truth_inside: np.ndarray  # which of them lie in the scored area
+    edge_A: float
+    hi_x: float
+    hi_y: float
+
+    def inside(self, table: dict) -> np.ndarray:
+        """Which columns of ``table`` (x, y [Å]) lie in the scored area."""
+        return _inside(table, self.edge_A, self.hi_x, self.hi_y)
+
+
+def evaluation_image(root, index: int, names: list[str], noise_seed: int,
+                     edge_A: float) -> EvaluationImage:
+    """Image ``index`` of the store ``root`` with its noise and truth, as evaluated:
+    columns within ``edge_A`` of the border are not scored."""
+    params = dict(zip(names, np.asarray(root["params"][index], float), strict=True))
+    clean = np.asarray(root["image"][index])
+    p = params["pixel_size_A"]
+    counts = add_shot_noise(clean, params["dose_e_per_A2"], p,
+                            np.random.default_rng([noise_seed, int(index)]))
+    truth = structure_columns(root, int(params["structure_index"]))
+    h, w = clean.shape
+    hi_x, hi_y = (w - 1) * p - edge_A, (h - 1) * p - edge_A
+    return EvaluationImage(params, clean, counts, truth, _inside(truth, edge_A, hi_x, hi_y),
+                           edge_A, hi_x, hi_y)
+
+
 def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed: int = 12345,
                    edge_A: float = 1.0, limit: int | None = None,
                    progress: bool = True, cache: BaselineCache | None = None) -> dict:
@@ -208,18 +243,12 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
                       if "kind" in kind_names else None)
     seconds = {m: 0.0 for m in methods}
     for i in tqdm(indices, desc="evaluate", unit="image", disable=not progress):
-        params = dict(zip(names, np.asarray(root["params"][i], float), strict=True))
-        clean = np.asarray(root["image"][i])
-        p = params["pixel_size_A"]
-        counts = add_shot_noise(clean, params["dose_e_per_A2"], p,
-                                np.random.default_rng([noise_seed, int(i)]))
+        im = evaluation_image(root, i, names, noise_seed, edge_A)
+        params, clean, counts, truth_all = im.params, im.clean, im.counts, im.truth
         s = int(params["structure_index"])
-        truth_all = structure_columns(root, s)
-        h, w = clean.shape
-        hi_x, hi_y = (w - 1) * p - edge_A, (h - 1) * p - edge_A
         truth = {}
         for code, sp in enumerate(SPECIES):
-            m = (truth_all["species"] == code) & _inside(truth_all, edge_A, hi_x, hi_y)
+            m = (truth_all["species"] == code) & im.truth_inside
             truth[sp] = {"x": truth_all["x"][m], "y": truth_all["y"][m], "depth": truth_all["depth"][m]}
         params_rows.append(params)
         kind = structure_kind[s] if structure_kind is not None else np.nan
@@ -239,7 +268,7 @@ def evaluate_store(data: str | Path, methods: dict[str, Callable], *, noise_seed
                 pred, spent = cached
             seconds[name] += spent
             for sp in SPECIES:
-                pt = _subset(pred[sp], _inside(pred[sp], edge_A, hi_x, hi_y))
+                pt = _subset(pred[sp], im.inside(pred[sp]))
                 per_image[name][sp].append(column_metrics(pt, truth[sp], MATCH_A[sp]))
     return {"indices": indices, "params": params_rows, "per_image": per_image,
             "seconds": seconds, "max_depth": k_max, "structure_kinds": kinds}

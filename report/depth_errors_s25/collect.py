@@ -14,9 +14,8 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from atom3d.data.noise import add_shot_noise
-from atom3d.data.store import open_store, structure_columns
-from atom3d.evaluation.evaluate import MATCH_A, _inside
+from atom3d.data.store import open_store
+from atom3d.evaluation.evaluate import MATCH_A, evaluation_image
 from atom3d.evaluation.metrics import match_columns
 from atom3d.inference.predictor import Predictor
 from atom3d.models.artifact import load_artifact
@@ -35,17 +34,10 @@ def main(data: str, out: str, noise_seed: int = 12345, edge_A: float = 1.0) -> N
     truth_rows = []
     params_all = []
     for i in tqdm(indices, unit="image"):
-        params = dict(zip(names, np.asarray(root["params"][i], float), strict=True))
+        im = evaluation_image(root, i, names, noise_seed, edge_A)
+        params, counts, t, inside = im.params, im.counts, im.truth, im.truth_inside
         params_all.append([params[n] for n in names])
-        clean = np.asarray(root["image"][i])
-        p = params["pixel_size_A"]
-        counts = add_shot_noise(clean, params["dose_e_per_A2"], p,
-                                np.random.default_rng([noise_seed, int(i)]))
-        s = int(params["structure_index"])
-        t = structure_columns(root, s)
-        h, w = clean.shape
-        hi_x, hi_y = (w - 1) * p - edge_A, (h - 1) * p - edge_A
-        inside = _inside(t, edge_A, hi_x, hi_y)
+        p, s = params["pixel_size_A"], int(params["structure_index"])
         for x, y, c, d, ins in zip(t["x"], t["y"], t["species"], t["depth"], inside, strict=True):
             truth_rows.append((i, s, c, x, y, d, ins))
         fp = pred.predict(counts, p)
@@ -53,7 +45,7 @@ def main(data: str, out: str, noise_seed: int = 12345, edge_A: float = 1.0) -> N
             tab = fp.columns[sp]
             m = (t["species"] == code) & inside
             txy = np.column_stack([t["x"][m], t["y"][m]])
-            pm = _inside({"x": tab.x_A, "y": tab.y_A}, edge_A, hi_x, hi_y)
+            pm = im.inside({"x": tab.x_A, "y": tab.y_A})
             pidx = np.flatnonzero(pm)
             pxy = np.column_stack([tab.x_A[pidx], tab.y_A[pidx]])
             pi, ti = match_columns(pxy, txy, MATCH_A[sp])
