@@ -74,6 +74,12 @@ def main(path: str) -> None:
             s = (kind == k) & (meta[:, 4] >= lo) & (meta[:, 4] < hi)
             if s.sum() > 50:
                 print(f"  {lo}-{hi - 1} kind {k}: {s.sum():6d} {conf[s].mean():.3f} {ok[s].mean():.3f}")
+    for k in (0, 1):
+        gaps = [conf[(struct == s) & (kind == k)].mean() - ok[(struct == s) & (kind == k)].mean()
+                for s in np.unique(struct[kind == k])]
+        print(f"kind {k}: {len(gaps)} structures; confidence - accuracy per structure: mean "
+              f"{np.mean(gaps):+.3f}, std {np.std(gaps):.3f}, range {np.min(gaps):+.3f} to "
+              f"{np.max(gaps):+.3f}")
     f = frame_features(meta)
     for name, v in f.items():
         print(f"feature {name}: particles median {np.median(v[kind == 0]):.3f}, "
