@@ -94,9 +94,9 @@ def _metrics_doc(sha="abc"):
 def test_expected_accuracy_at_a_dose_is_read_from_the_test_figures():
     """The row of the test set at the frames' dose; beyond the bins the nearest, said so;
     no figures, or no usable dose: nothing."""
-    from atom3d.models.summary import TEST_BY_DOSE, expected_at_dose, test_figures_entry
+    from atom3d.models.summary import TEST_BY_DOSE, dose_figures_entry, expected_at_dose
 
-    entry = test_figures_entry(_metrics_doc(), "8 particles", "m.json")
+    entry = dose_figures_entry(_metrics_doc(), "8 particles", "m.json")
     assert entry["passes"] == 8 and [b["lo"] for b in entry["bins"]] == [50.0, 500.0]
     assert entry["bins"][1]["O"]["exact"] == pytest.approx(0.63)
     config = {"metrics": {TEST_BY_DOSE: entry}}
@@ -133,7 +133,7 @@ def test_shipped_model_carries_its_particle_test_figures(capsys):
     assert f"exact {bin1000['exact']:.3f}, ±1 {bin1000['within1']:.3f}" in text
 
 
-def test_figures_entry_script_refuses_metrics_of_other_weights(tmp_path):
+def test_write_test_figures_refuses_metrics_of_other_weights(tmp_path):
     import shutil
     import subprocess
     import sys

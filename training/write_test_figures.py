@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from atom3d.models.summary import TEST_BY_DOSE, test_figures_entry
+from atom3d.models.summary import TEST_BY_DOSE, dose_figures_entry
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     path = a.model_dir / "config.json"
     config = json.loads(path.read_text())
     doc = json.loads(a.metrics.read_text())
-    entry = test_figures_entry(doc, a.test_set, source=str(a.metrics))
+    entry = dose_figures_entry(doc, a.test_set, source=str(a.metrics))
     model_sha = doc["methods"]["network"].get("model_sha256")
     if model_sha != config["weights_sha256"]:
         raise SystemExit(f"{a.metrics} was measured with other weights ({model_sha})")

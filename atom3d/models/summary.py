@@ -44,11 +44,11 @@ def _figures(block: Mapping[str, Any]) -> str:
 
 
 #: Key of ``config["metrics"]`` holding the test-set figures by dose
-#: (:func:`test_figures_entry`): what :func:`expected_at_dose` reads.
+#: (:func:`dose_figures_entry`): what :func:`expected_at_dose` reads.
 TEST_BY_DOSE = "test_by_dose"
 
 
-def test_figures_entry(metrics_doc: Mapping[str, Any], test_set: str, source: str) -> dict:
+def dose_figures_entry(metrics_doc: Mapping[str, Any], test_set: str, source: str) -> dict:
     """The ``config["metrics"]["test_by_dose"]`` entry from an ``atom3d evaluate``
     ``metrics.json`` document: per dose bin [e/Å², as evaluated], per species, detection
     F1, exact depth and within-±1 of the network, with the number of network passes."""
