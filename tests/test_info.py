@@ -125,8 +125,10 @@ def test_shipped_model_carries_its_particle_test_figures(capsys):
     if source.exists():  # a source checkout: the figures are the report's, unchanged
         doc = json.loads(source.read_text())
         assert doc["methods"]["network"]["model_sha256"] == cfg["weights_sha256"]
-        ce = doc["results"]["network"]["Ce"]["by_dose_e_per_A2"]
-        assert [b["Ce"]["exact"] for b in entry["bins"]] == [b["exact"] for b in ce]
+        for sp in ("Ce", "O"):
+            rows = doc["results"]["network"][sp]["by_dose_e_per_A2"]
+            for key in ("f1", "exact", "within1"):
+                assert [b[sp][key] for b in entry["bins"]] == [r[key] for r in rows]
     assert main(["info", "ceo2-110"]) == 0
     text = capsys.readouterr().out
     bin1000 = entry["bins"][2]["Ce"]
