@@ -761,10 +761,14 @@ def test_demo_end_to_end(tmp_path, model_dir, capsys):
     from atom3d.io.readers import open_series
 
     out = tmp_path / "demo_out"
+    model = _with_test_figures(model_dir, tmp_path)  # the demo compares with them
     assert demo_main(["--out", str(out), "--frames", "3", "--size", "96",
-                      "--diameter-nm", "1.5", "--model", str(model_dir), "--quiet"]) == 0
+                      "--diameter-nm", "1.5", "--model", str(model), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "F1" in text and "within ±1" in text
+    flat = " ".join(text.split())
+    assert "For comparison, on its test set (hand-made; 1 passes)" in flat
+    assert "exact depth 0.250" in flat and "simulated; a series adds tracking" in flat
     for name in ("demo_series.tif", "truth_columns.csv", "demo.h5", "metrics.json",
                  "figures/summary.png", "figures/tracks.png", "xyz/frame_00002.xyz"):
         assert (out / name).exists(), name
@@ -1166,16 +1170,13 @@ def test_malloc_settings_fit_in_a_c_int():
         memory._mallopt(-1, 4 << 30)
 
 
-def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir, series_tif,
-                                                            capsys):
-    """A model that carries test figures by dose: predict says, after its summary, what
-    they were at the median dose of the frames (estimated from their shot noise); one
-    without them (the tiny model) says nothing of the kind."""
+def _with_test_figures(model_dir, directory):
+    """A copy of the tiny model that carries (hand-made) test figures by dose."""
     import shutil
 
     from atom3d.models.summary import TEST_BY_DOSE
 
-    model = tmp_path / "with_figures"
+    model = directory / "with_figures"
     shutil.copytree(model_dir, model)
     cfg = json.loads((model / "config.json").read_text())
     row = {"f1": 0.5, "exact": 0.25, "within1": 0.75}
@@ -1183,6 +1184,15 @@ def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir,
         "test_set": "hand-made", "source": "-", "passes": 1,
         "bins": [{"lo": 1.0, "hi": 1e6, "n_images": 1, "Ce": row, "O": row}]}
     (model / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir, series_tif,
+                                                            capsys):
+    """A model that carries test figures by dose: predict says, after its summary, what
+    they were at the median dose of the frames (estimated from their shot noise); one
+    without them (the tiny model) says nothing of the kind."""
+    model = _with_test_figures(model_dir, tmp_path)
     capsys.readouterr()
     assert predict_main([str(series_tif), "-o", str(tmp_path / "a.h5"), "--model", str(model),
                          "--no-tta"]) == 0
