@@ -35,7 +35,6 @@ import csv
 import json
 import math
 import sys
-import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -472,7 +471,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from atom3d.inference.series import predict_series
     from atom3d.io.readers import open_series
     from atom3d.models.artifact import load_artifact
-    from atom3d.models.summary import expected_at_dose
+    from atom3d.models.summary import expected_at_dose, terminal_paragraph
 
     try:
         artifact = load_artifact(args.model)
@@ -513,11 +512,10 @@ def run_demo(args: argparse.Namespace) -> int:
     _print_report(scores, sim.drift_A, results)
     expected = expected_at_dose(artifact.config, summary["median_dose_e_per_A2"])
     if expected:
-        print(textwrap.fill(
+        print(terminal_paragraph(
             f"For comparison, {expected} (frames here: ≈ {summary['median_dose_e_per_A2']:.0f}"
             f" e/Å² from their shot noise, {args.dose:g} simulated; a series adds tracking "
-            "over time).", width=100, initial_indent="  ", subsequent_indent="  ",
-            break_on_hyphens=False))
+            "over time).", indent="  "))
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
               "frozen_phonons": args.frozen_phonons, "pixel_size_A": args.pixel_size,
               "defocus_nm": args.defocus, "cs_um": args.cs,

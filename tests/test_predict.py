@@ -767,7 +767,7 @@ def test_demo_end_to_end(tmp_path, model_dir, capsys):
     text = capsys.readouterr().out
     assert "F1" in text and "within ±1" in text
     flat = " ".join(text.split())
-    assert "For comparison, on its test set (hand-made; 1 passes)" in flat
+    assert "For comparison, on its test set (hand-made; 1 pass)" in flat
     assert "exact depth 0.250" in flat and "simulated; a series adds tracking" in flat
     for name in ("demo_series.tif", "truth_columns.csv", "demo.h5", "metrics.json",
                  "figures/summary.png", "figures/tracks.png", "xyz/frame_00002.xyz"):
@@ -1207,7 +1207,7 @@ def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir,
         paragraph.append(s)
     assert len(paragraph) > 1 and max(map(len, paragraph)) <= 100  # wrapped for a terminal
     text = " ".join(" ".join(paragraph).split())  # the paragraph as one line
-    assert "hand-made; 1 passes" in text and "Ce F1 0.500, exact depth 0.250" in text
+    assert "hand-made; 1 pass)" in text and "Ce F1 0.500, exact depth 0.250" in text
     dose = float(text.split("dose ≈")[1].split()[0])
     with h5py.File(tmp_path / "a.h5", "r") as f:
         valid = f["frames/valid"][:].astype(bool)

@@ -70,7 +70,6 @@ import math
 import os
 import sys
 import tempfile
-import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -106,7 +105,7 @@ from atom3d.io.results import (
     sha256_file,
 )
 from atom3d.models import DEFAULT_MODEL  # model used when --model is not given
-from atom3d.models.summary import expected_at_dose
+from atom3d.models.summary import expected_at_dose, terminal_paragraph
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -1140,10 +1139,8 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
               f"{summary['n_events']} events")
         expected = expected_at_dose(predictor.artifact.config, summary["median_dose_e_per_A2"])
         if expected and not args.quiet:
-            print(textwrap.fill(f"dose ≈ {summary['median_dose_e_per_A2']:.0f} e/Å² per frame "
-                                f"(median, from the frames' shot noise); {expected}",
-                                width=100, subsequent_indent="  ",
-                                break_on_hyphens=False))
+            print(terminal_paragraph(f"dose ≈ {summary['median_dose_e_per_A2']:.0f} e/Å² per "
+                                     f"frame (median, from the frames' shot noise); {expected}"))
     sub = _stem(src) if several else ""
     if args.figures is not None:
         from atom3d.inference.figures import plot_results

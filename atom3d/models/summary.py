@@ -9,6 +9,8 @@ short lines. ``atom3d info MODEL --json`` prints the whole configuration instead
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,7 @@ def expected_at_dose(config: Mapping[str, Any], dose_e_per_A2: float) -> str | N
         dose = float(dose_e_per_A2)
     except (TypeError, ValueError):
         return None
-    if not entry or not entry.get("bins") or not (dose > 0 and dose < float("inf")):
+    if not entry or not entry.get("bins") or not (math.isfinite(dose) and dose > 0):
         return None
     bins = entry["bins"]
     inside = [b for b in bins if b["lo"] <= dose < b["hi"]]
@@ -87,8 +89,20 @@ def expected_at_dose(config: Mapping[str, Any], dose_e_per_A2: float) -> str | N
     where = f"{b['lo']:.0f}–{b['hi']:.0f} e/Å²{note}"
     figures = "; ".join(f"{sp} F1 {b[sp]['f1']:.3f}, exact depth {b[sp]['exact']:.3f}, "
                         f"within ±1 {b[sp]['within1']:.3f}" for sp in ("Ce", "O") if sp in b)
-    return (f"on its test set ({entry.get('test_set', '?')}; {entry.get('passes', '?')} "
-            f"passes) at {where}, one frame at a time, this model scored: {figures}")
+    return (f"on its test set ({entry.get('test_set', '?')}; {_passes(entry)}) at {where}, "
+            f"one frame at a time, this model scored: {figures}")
+
+
+def terminal_paragraph(text: str, indent: str = "") -> str:
+    """``text`` wrapped at 100 columns; continuation lines indented two spaces more than
+    ``indent``. Not broken at hyphens (names like ``hand-made``, ``ceo2-110``)."""
+    return textwrap.fill(text, width=100, initial_indent=indent,
+                         subsequent_indent=indent + "  ", break_on_hyphens=False)
+
+
+def _passes(entry: Mapping[str, Any]) -> str:
+    n = entry.get("passes", "?")
+    return f"{n} pass" if n == 1 else f"{n} passes"
 
 
 def model_summary(config: Mapping[str, Any], *, n_parameters: int | None = None) -> str:
@@ -153,8 +167,8 @@ def model_summary(config: Mapping[str, Any], *, n_parameters: int | None = None)
                 lines.append(f"    {sp}: {_figures(val[sp])}")
     test = metrics.get(TEST_BY_DOSE) or {}
     if test.get("bins"):
-        lines.append(f"  test set ({test.get('test_set', '?')}; {test.get('passes', '?')} "
-                     "passes), Ce by dose [e/Å²]:")
+        lines.append(f"  test set ({test.get('test_set', '?')}; {_passes(test)}), Ce by dose "
+                     "[e/Å²]:")
         for b in test["bins"]:
             lines.append(f"    {b['lo']:.0f}–{b['hi']:.0f} ({b['n_images']} images): F1 "
                          f"{b['Ce']['f1']:.3f}, exact {b['Ce']['exact']:.3f}, "

@@ -164,8 +164,8 @@ def main() -> None:
         grid = make_grid(pixel, det.image_px, ms)
         # own frozen-phonon displacements, one row per atom (+1 spare row for an added atom)
         prng = np.random.default_rng(1000 + s)
-        disp = prng.normal(size=(a.phonons, len(st.positions) + 1, 3)) * np.r_[sig, sig[0]][
-            np.r_[st.species, 0]][None, :, None]
+        disp = (prng.normal(size=(a.phonons, len(st.positions) + 1, 3))
+                * sig[np.r_[st.species, 0]][None, :, None])
         # Ce atoms to columns: nearest Ce column (projected)
         ce = np.flatnonzero(st.species == 0)
         cols = np.flatnonzero(st.column_species == 0)
