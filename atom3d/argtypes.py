@@ -17,6 +17,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: The value of ``--pixel-size`` that measures the pixel size from the CeO2 lattice.
+LATTICE = "lattice"
+
+
+def pixel_size_or_lattice(text: str) -> float | str:
+    """A pixel size > 0 [Å/px], or ``'lattice'`` (measure it from the frames)."""
+    if text.strip().lower() == LATTICE:
+        return LATTICE
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a pixel size in Å/px or 'lattice', got {text!r}") from None
+
+
 def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)

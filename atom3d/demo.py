@@ -467,6 +467,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from atom3d.inference.export3d import export_xyz
     from atom3d.inference.figures import plot_results
+    from atom3d.inference.lattice import lattice_attrs, series_lattice
     from atom3d.inference.predictor import Predictor
     from atom3d.inference.series import predict_series
     from atom3d.io.readers import open_series
@@ -505,7 +506,13 @@ def run_demo(args: argparse.Namespace) -> int:
     with open_series(sim.tif) as series:
         if abs(series.pixel_size_A - sim.pixel_size_A) > 1e-6 * sim.pixel_size_A:
             raise RuntimeError(f"TIFF calibration read back as {series.pixel_size_A} Å")
-        summary = predict_series(series, results, predictor, progress=not args.quiet)
+        check = series_lattice(series, series.pixel_size_A)
+        print(f"pixel size check: the CeO2 [110] lattice in the frames gives "
+              f"{check.pixel_size_A:.4f} Å/px, the TIFF says {series.pixel_size_A:.4f} "
+              f"({100 * (check.ratio - 1):+.1f} %)" if check.found else
+              f"pixel size check: no CeO2 [110] lattice found (score {check.z:.1f})")
+        summary = predict_series(series, results, predictor, progress=not args.quiet,
+                                 calibration=lattice_attrs(check, "file"))
     figures = plot_results(results, out / "figures")
     xyz = export_xyz(results, out / "xyz")
     scores = evaluate_against_truth(results, sim.truth, sim.drift_A)
@@ -519,7 +526,8 @@ def run_demo(args: argparse.Namespace) -> int:
     report = {"model": artifact.name, "frames": args.frames, "seed": args.seed,
               "frozen_phonons": args.frozen_phonons, "pixel_size_A": args.pixel_size,
               "defocus_nm": args.defocus, "cs_um": args.cs,
-              "dose_e_per_A2": args.dose, "simulate_s": round(t_sim, 1),
+              "dose_e_per_A2": args.dose, "lattice_pixel_size_A": check.pixel_size_A,
+              "simulate_s": round(t_sim, 1),
               "total_s": round(time.perf_counter() - t0, 1), **scores,
               "n_events": summary["n_events"]}
     (out / "metrics.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")

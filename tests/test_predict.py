@@ -32,6 +32,7 @@ from atom3d.io.results import (
     FRAME_FIELDS,
     MAP_NAMES,
     ResultsWriter,
+    attr_equal,
     partial_path,
     read_results,
     sha256_file,
@@ -401,8 +402,8 @@ def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, referen
 
     a, b = read_results(reference_run), read_results(out)
     skip = {"created"}
-    assert {k: v for k, v in a["attrs"].items() if k not in skip} == {
-        k: v for k, v in b["attrs"].items() if k not in skip}
+    assert set(a["attrs"]) == set(b["attrs"])
+    assert all(attr_equal(a["attrs"][k], b["attrs"][k]) for k in a["attrs"] if k not in skip)
     for name in MAP_NAMES:
         np.testing.assert_array_equal(a["maps"][name], b["maps"][name])
     for table in ("columns", "frames", "events"):
@@ -1216,3 +1217,79 @@ def test_predict_prints_the_test_figures_at_the_frames_dose(tmp_path, model_dir,
     assert predict_main([str(series_tif), "-o", str(tmp_path / "b.h5"), "--model",
                          str(model_dir), "--no-tta"]) == 0
     assert "dose ≈" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- lattice check
+
+
+@pytest.fixture(scope="module")
+def lattice_frames():
+    """3 frames of Ce columns on the [110] lattice at 0.2 Å/px (128 px, 400 e/Å²)."""
+    from tests.test_lattice import ce_columns_image
+
+    rng = np.random.default_rng(11)
+    return [ce_columns_image(rng, (128, 128), 0.2, 25.0, 400.0) for _ in range(3)]
+
+
+def test_a_calibration_off_by_10_percent_is_warned_about_and_recorded(
+        lattice_frames, model_dir, tmp_path, capsys):
+    tif = _write_tif(tmp_path / "off.tif", lattice_frames, pixel=0.22)  # truly 0.2 Å/px
+    capsys.readouterr()
+    assert _predict(tif, tmp_path / "off.h5", model_dir) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "lattice" in line]
+    assert warning and "warning" in warning[0] and "-9." in err and "--pixel-size lattice" in err
+    attrs = read_results(tmp_path / "off.h5", load_maps=False)["attrs"]
+    assert attrs["pixel_size_A"] == pytest.approx(0.22)  # the file's value is still used
+    assert attrs["pixel_size_source"] == "file"
+    assert attrs["lattice_pixel_size_A"] == pytest.approx(0.2, rel=0.005)
+    # within the model's tolerance: no warning
+    ok = _write_tif(tmp_path / "ok.tif", lattice_frames, pixel=0.204)
+    capsys.readouterr()
+    assert _predict(ok, tmp_path / "ok.h5", model_dir) == 0
+    assert "lattice" not in capsys.readouterr().err
+
+
+def test_pixel_size_lattice_measures_it_and_guards_resume(lattice_frames, model_dir, tmp_path,
+                                                          capsys):
+    tif = _write_tif(tmp_path / "off.tif", lattice_frames, pixel=0.22)
+    out = tmp_path / "lat.h5"
+    assert predict_main([str(tif), "-o", str(out), "--model", str(model_dir),
+                         "--pixel-size", "lattice"]) == 0
+    err = capsys.readouterr().err
+    measured = float(err.split("pixel size from the CeO2 [110] lattice: ")[1].split()[0])
+    assert measured == pytest.approx(0.2, rel=0.005) and "(file: 0.2200 Å/px, -9." in err
+    attrs = read_results(out, load_maps=False)["attrs"]
+    assert attrs["pixel_size_source"] == "lattice"
+    assert attrs["pixel_size_A"] == pytest.approx(0.2, rel=0.005)
+    assert attrs["pixel_size_A"] == attrs["lattice_pixel_size_A"]
+    before = out.stat().st_mtime_ns
+    assert _predict(tif, out, model_dir, "--pixel-size", "lattice", "--resume") == 0  # kept
+    assert out.stat().st_mtime_ns == before
+    # another pixel size is another result: a complete file is not kept for it
+    assert _predict(tif, out, model_dir, "--resume") == 0
+    assert read_results(out, load_maps=False)["attrs"]["pixel_size_A"] == pytest.approx(0.22)
+    # no calibration at all: a wide search
+    np.save(tmp_path / "raw.npy", np.asarray(lattice_frames))
+    assert _predict(tmp_path / "raw.npy", tmp_path / "raw.h5", model_dir,
+                    "--pixel-size", "lattice") == 0
+    attrs = read_results(tmp_path / "raw.h5", load_maps=False)["attrs"]
+    assert attrs["pixel_size_A"] == pytest.approx(0.2, rel=0.005)
+
+
+def test_pixel_size_lattice_without_a_lattice_exits_2(model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    noise = [rng.poisson(np.full((128, 128), 30.0)).astype(np.float32) for _ in range(3)]
+    tif = _write_tif(tmp_path / "noise.tif", noise, pixel=0.2)
+    capsys.readouterr()
+    code = _exit_code([str(tif), "-o", str(tmp_path / "n.h5"), "--model", str(model_dir),
+                       "--pixel-size", "lattice"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "no CeO2 [110] lattice found within ±25 % of the file's 0.2 Å/px" in err[0]
+    assert not list(tmp_path.glob("n.h5*"))
+    # without the option: predicted, with a note that the pixel size was not checked
+    assert predict_main([str(tif), "-o", str(tmp_path / "n.h5"), "--model", str(model_dir)]) == 0
+    assert "no CeO2 [110] lattice found in the frames" in capsys.readouterr().err
+    assert math.isnan(read_results(tmp_path / "n.h5", load_maps=False)["attrs"][
+        "lattice_pixel_size_A"])

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from atom3d.argtypes import add_tta_arguments
+from atom3d.argtypes import add_tta_arguments, pixel_size_or_lattice
 from atom3d.argtypes import non_negative_int as _non_negative_int
-from atom3d.argtypes import positive_float as _positive_float
 from atom3d.argtypes import positive_int as _positive_int
 from atom3d.models import DEFAULT_MODEL
 
@@ -38,9 +37,14 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(one INPUT-stem.h5 each)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR",
                    help=f"packaged model name or model directory (default {DEFAULT_MODEL})")
-    p.add_argument("--pixel-size", type=_positive_float, default=None, metavar="A",
+    p.add_argument("--pixel-size", type=pixel_size_or_lattice, default=None,
+                   metavar="A|lattice",
                    help="input pixel size [Å/px], overriding the file's calibration "
-                        "(required for files without one, e.g. .npy)")
+                        "(required for files without one, e.g. .npy); 'lattice': measure "
+                        "it from the CeO2 [110] lattice in the frames (searched within "
+                        "±25 %% of the file's calibration, or over 0.05–0.66 Å/px without "
+                        "one). Every run checks the calibration against the lattice and "
+                        "warns when they differ by more than the model tolerates")
     p.add_argument("--device", default="cpu", metavar="cpu|cuda",
                    help="where the network runs (default cpu; 'cuda' or 'cuda:N')")
     p.add_argument("--half", action="store_true",

@@ -78,7 +78,15 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from atom3d.argtypes import LATTICE
 from atom3d.errors import UserError
+from atom3d.inference.lattice import (
+    LATTICE_MIN_Z,
+    LATTICE_SEARCH,
+    LATTICE_TOLERANCE,
+    lattice_attrs,
+    series_lattice,
+)
 from atom3d.inference.memory import limit_malloc_arenas, release_free_memory
 from atom3d.inference.options import (  # noqa: F401 - re-exported
     PREDICT_DESCRIPTION,
@@ -822,7 +830,8 @@ def source_sha256(path: str | os.PathLike) -> str:
 
 def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
                    resume: bool = False, smoothing: str = "changepoint", progress: bool = True,
-                   source_hash: str | None = None, track_columns: bool = True) -> dict[str, Any]:
+                   source_hash: str | None = None, track_columns: bool = True,
+                   calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Predict every frame of a series into a results file, then track and finalise it.
 
     Parameters
@@ -847,6 +856,9 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         Decide which columns to report per track (series of at least
         ``TRACK_DETECTION_MIN_FRAMES`` frames; see :func:`postprocess`); False: each
         frame's own columns above the model's threshold.
+    calibration : mapping, optional
+        Root attributes saying where the pixel size came from and what the lattice said
+        (:func:`atom3d.inference.lattice.lattice_attrs`).
 
     Returns
     -------
@@ -881,6 +893,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_level_weight": CHANGEPOINT_LEVEL_WEIGHT,
         "changepoint_signature_bandwidth": CHANGEPOINT_SIGNATURE_BANDWIDTH,
     }
+    attrs.update(calibration or {})
     n = int(series.n_frames)
     attrs.update(_column_attrs(n, track_columns))
     track_detection = None
@@ -1031,14 +1044,18 @@ def _column_attrs(n_frames: int, track_columns: bool) -> dict[str, Any]:
 
 
 def _complete_matches(out: Path, source_hash: str, predictor: Predictor,
-                      column_attrs: dict[str, Any] | None = None) -> bool:
+                      column_attrs: dict[str, Any] | None = None,
+                      pixel_size_A: float | None = None) -> bool:
     """Whether ``out`` is a complete results file for this input, model, calibration,
-    ``--tta`` and column detection (``column_attrs``, see :func:`_column_attrs`)."""
+    ``--tta``, column detection (``column_attrs``, see :func:`_column_attrs`) and input
+    pixel size [Å/px] (when given)."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
         return False
     wanted = {**_predictor_attrs(predictor), **(column_attrs or {})}
+    if pixel_size_A is not None:
+        wanted["pixel_size_A"] = float(pixel_size_A)
     return attrs.get("source_sha256") == source_hash and all(
         attr_equal(attrs.get(key), value) for key, value in wanted.items())
 
@@ -1114,14 +1131,22 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Namespace,
                  open_series: Any, several: bool) -> None:
-    with open_series(src, pixel_size_A=args.pixel_size) as series:
+    measure = args.pixel_size == LATTICE
+    with open_series(src, pixel_size_A=None if measure else args.pixel_size,
+                     uncalibrated_ok=measure) as series:
         digest = source_sha256(src)
+        if measure:
+            calibration = _lattice_pixel_size(series, src, args.quiet)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
                 and _complete_matches(dst, digest, predictor,
-                                      _column_attrs(series.n_frames, not args.frame_columns))):
+                                      _column_attrs(series.n_frames, not args.frame_columns),
+                                      series.pixel_size_A)):
             print(f"{dst}: already complete for this input, model, calibration and passes (kept)")
             summary = None
         else:
+            if not measure:
+                calibration = _check_calibration(
+                    series, "file" if args.pixel_size is None else "option", args.quiet)
             _warn_pixel_size(series.pixel_size_A, predictor.pixel_size_A)
             if (predictor.tta and predictor.device.type == "cpu"
                     and series.n_frames >= LONG_SERIES_FRAMES and not args.quiet):
@@ -1132,7 +1157,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
                                      smoothing="none" if args.no_smooth else args.smoothing,
                                      track_columns=not args.frame_columns,
                                      progress=not args.quiet,
-                                     source_hash=digest)
+                                     source_hash=digest, calibration=calibration)
     if summary is not None:
         print(f"{dst}: {summary['n_frames']} frames ({summary['n_invalid']} invalid), "
               f"{summary['n_columns']} columns, {summary['n_tracks']} tracks, "
@@ -1152,6 +1177,42 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
 
         written = export_xyz(dst, Path(args.xyz) / sub)
         print(f"xyz: {len(written)} files in {Path(args.xyz) / sub}")
+
+
+def _lattice_pixel_size(series: Any, src: Path, quiet: bool) -> dict[str, Any]:
+    """``--pixel-size lattice``: set ``series.pixel_size_A`` from the CeO2 lattice."""
+    nominal = series.pixel_size_A if math.isfinite(series.pixel_size_A) else None
+    check = series_lattice(series, nominal)
+    if not check.found:
+        where = (f"within ±{100 * LATTICE_SEARCH:.0f} % of the file's {nominal:.4g} Å/px"
+                 if nominal is not None else "at 0.05–0.66 Å/px")
+        raise UserError(f"{src}: no CeO2 [110] lattice found {where} (score {check.z:.1f}, "
+                        f"needs {LATTICE_MIN_Z:g}); pass --pixel-size in Å")
+    series.pixel_size_A = check.pixel_size_A
+    if not quiet:
+        told = (f"file: {nominal:.4f} Å/px, {100 * (check.ratio - 1):+.1f} %"
+                if nominal is not None else "the file has no usable calibration")
+        print(f"atom3d: pixel size from the CeO2 [110] lattice: {check.pixel_size_A:.4f} Å/px "
+              f"({told})", file=sys.stderr)
+    return lattice_attrs(check, "lattice")
+
+
+def _check_calibration(series: Any, source: str, quiet: bool) -> dict[str, Any]:
+    """Measure the lattice around the given pixel size; warn when they disagree."""
+    check = series_lattice(series, float(series.pixel_size_A))
+    given = "the file's calibration" if source == "file" else "--pixel-size"
+    if check.found and abs(check.ratio - 1) > LATTICE_TOLERANCE:
+        print(terminal_paragraph(
+            f"atom3d: warning: the CeO2 [110] lattice in the frames gives "
+            f"{check.pixel_size_A:.4f} Å/px, {100 * (check.ratio - 1):+.1f} % from {given} "
+            f"({series.pixel_size_A:.4f} Å/px); the model's depths degrade beyond "
+            f"±{100 * LATTICE_TOLERANCE:.0f} %: rerun with --pixel-size lattice (or the "
+            "right value) if the calibration is wrong"), file=sys.stderr)
+    elif not check.found and not quiet:
+        print(f"atom3d: note: no CeO2 [110] lattice found in the frames (score {check.z:.1f}, "
+              f"needs {LATTICE_MIN_Z:g}): the pixel size is not checked, and the images may "
+              "not be CeO2 along [110]", file=sys.stderr)
+    return lattice_attrs(check, source)
 
 
 def _warn_pixel_size(p_in: float, p_model: float) -> None:

@@ -372,7 +372,8 @@ class _Raw:
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
 
-def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None) -> Series:
+def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None, *,
+                uncalibrated_ok: bool = False) -> Series:
     """Open an HRTEM image or image series without reading its frames.
 
     Parameters
@@ -382,6 +383,10 @@ def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None)
     pixel_size_A : float, optional
         Pixel size [Å/px] that overrides the file's calibration (needed for
         files without one, such as ``.npy``).
+    uncalibrated_ok : bool
+        Without ``pixel_size_A``, a missing or unusable calibration (none, not a length,
+        non-square, too coarse) gives ``pixel_size_A`` NaN instead of an error: the
+        caller measures it (``atom3d predict --pixel-size lattice``).
 
     Returns
     -------
@@ -403,7 +408,7 @@ def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None)
         _parse_in_child(fmt, p)
     raw = _run_reader(fmt, p)
     try:
-        return _build_series(p, raw, override)
+        return _build_series(p, raw, override, uncalibrated_ok)
     except Exception:
         for close in raw.closers:
             close()
@@ -573,11 +578,20 @@ def _sniff(path: Path) -> str | None:
 # --------------------------------------------------------------------------- validation
 
 
-def _build_series(path: Path, raw: _Raw, override: float | None) -> Series:
+def _build_series(path: Path, raw: _Raw, override: float | None,
+                  uncalibrated_ok: bool = False) -> Series:
     """Validate what a reader found and wrap it in a Series."""
     view = _frame_view(path, raw.array)
     _check_dtype(path, view.array.dtype)
-    pixel = override if override is not None else _file_pixel_size_A(path, raw.y, raw.x)
+    if override is not None:
+        pixel = override
+    else:
+        try:
+            pixel = _file_pixel_size_A(path, raw.y, raw.x)
+        except InputFileError:
+            if not uncalibrated_ok:
+                raise
+            pixel = math.nan
     return Series(
         path=str(path),
         format=raw.format,
