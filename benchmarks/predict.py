@@ -185,6 +185,7 @@ def _memory_mb() -> dict[str, float]:
 def child(args: argparse.Namespace) -> int:
     """Run the predict pipeline on the first ``--n`` frames and print a JSON line."""
     import atom3d.inference.series as series_module
+    from atom3d.inference.lattice import lattice_attrs, series_lattice
     from atom3d.inference.predictor import Predictor
     from atom3d.inference.series import predict_series
     from atom3d.io.readers import open_series
@@ -217,10 +218,15 @@ def child(args: argparse.Namespace) -> int:
         if abs(series.pixel_size_A - args.pixel) > 1e-6 * args.pixel:
             raise RuntimeError(f"pixel size read as {series.pixel_size_A} Å, not {args.pixel}")
         t1 = time.perf_counter()
-        summary = predict_series(_Prefix(series, args.n), args.out, predictor, progress=False)
+        frames = _Prefix(series, args.n)
+        check = series_lattice(frames, series.pixel_size_A)  # as atom3d predict does
+        t_lattice = time.perf_counter() - t1
+        summary = predict_series(frames, args.out, predictor, progress=False,
+                                 calibration=lattice_attrs(check, "file"))
     t2 = time.perf_counter()
     print(json.dumps({"frames": summary["n_frames"], "seconds": t2 - t1,
-                      "startup_s": t1 - t0, "n_columns": summary["n_columns"],
+                      "startup_s": t1 - t0, "lattice_check_s": t_lattice,
+                      "n_columns": summary["n_columns"],
                       "network_s": network["seconds"],
                       "maxrss_mb": _memory_mb().get("VmHWM"),
                       "loop_maxrss_mb": peaks.get("VmHWM"),

@@ -18,16 +18,21 @@ from atom3d.inference.lattice import (
 )
 
 
-def ce_columns_image(rng, shape, pixel_A, angle_deg=0.0, dose=500.0, square_A=None):
+def ce_columns_image(rng, shape, pixel_A, angle_deg=0.0, dose=500.0, square_A=None,
+                     hexagonal_A=None):
     """Shot-noise image of Gaussian columns (σ 0.35 Å) on the projected [110] Ce lattice
     of CeO2 (centred rectangle a × a/√2, [001] at ``angle_deg`` from x), or on a square
-    lattice of side ``square_A`` (not CeO2)."""
+    lattice of side ``square_A`` or a hexagonal one of side ``hexagonal_A`` (not CeO2)."""
     r, c = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
     x, y = c * pixel_A - c.mean() * pixel_A, r * pixel_A - r.mean() * pixel_A
     th = math.radians(angle_deg)
     w, u = x * math.cos(th) + y * math.sin(th), -x * math.sin(th) + y * math.cos(th)
     if square_A is not None:
         cells = [(square_A, square_A, 0.0, 0.0)]
+    elif hexagonal_A is not None:  # a hexagonal lattice as a centred rectangle a × a√3
+        cells = [(hexagonal_A, hexagonal_A * math.sqrt(3), 0.0, 0.0),
+                 (hexagonal_A, hexagonal_A * math.sqrt(3), hexagonal_A / 2,
+                  hexagonal_A * math.sqrt(3) / 2)]
     else:
         a, b = A_CEO2, A_CEO2 / math.sqrt(2)
         cells = [(a, b, 0.0, 0.0), (a, b, a / 2, b / 2)]
@@ -90,6 +95,17 @@ def test_other_lattices_are_not_taken_for_ceo2(side):
         assert min(check.spot_z[:2]) < 4 < max(check.spot_z)
 
 
+def test_a_hexagonal_lattice_is_not_taken_for_ceo2():
+    # MoS2-like (a = 3.16 Å): {100} at 2.74 Å can sit on {002} and {004}, but its spots
+    # at ±60° from them are no CeO2 [110] reflection
+    f = ce_columns_image(np.random.default_rng(8), (256, 256), 0.2, 10.0, 1000,
+                         hexagonal_A=3.16)
+    for nominal in (0.2, None):
+        check = measure_lattice([f], nominal)
+        assert not check.found, (nominal, check)
+    assert check.z > LATTICE_MIN_Z  # something matched: it is the other tests that refuse it
+
+
 def test_frames_of_a_series_add_up_without_alignment():
     rng = np.random.default_rng(4)
     dose = 2.0  # e/Å²: one frame is not enough
@@ -126,6 +142,8 @@ def test_series_lattice_skips_invalid_frames():
     assert check.found and check.pixel_size_A == pytest.approx(0.2, rel=0.003)
     none = series_lattice(_Series([np.full((64, 64), np.nan), np.zeros((64, 64))], 0.2), 0.2)
     assert not none.found and none.z == 0.0
+    tiny = series_lattice(_Series([np.ones((2, 16)), np.zeros((2, 16)) + 3], 0.2), 0.2)
+    assert not tiny.found and tiny.z == 0.0
 
 
 def test_lattice_attrs_record_source_and_result():
@@ -140,3 +158,16 @@ def test_pixel_size_argument():
     for bad in ("-0.2", "0", "nan", "lattices", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="pixel size in Å/px or 'lattice'"):
             pixel_size_or_lattice(bad)
+
+
+def test_figure_note_says_where_the_pixel_size_came_from():
+    from atom3d.inference.figures import pixel_size_note
+
+    attrs = {"pixel_size_A": 0.22, **lattice_attrs(LatticeCheck(0.1998, 30.0, 12.0, 0.22), "file")}
+    assert pixel_size_note(attrs) == ("0.2200 Å/px from the file; the CeO2 lattice gives "
+                                      "0.1998 (-9.2 %)")
+    attrs = {"pixel_size_A": 0.2, **lattice_attrs(LatticeCheck(math.nan, 3.0, 1.0, 0.2), "option")}
+    assert pixel_size_note(attrs) == "0.2000 Å/px from --pixel-size; no CeO2 lattice found to check it"
+    attrs = {"pixel_size_A": 0.1998, **lattice_attrs(LatticeCheck(0.1998, 30.0, 1.0, 0.22), "lattice")}
+    assert pixel_size_note(attrs) == "0.1998 Å/px from the CeO2 lattice"
+    assert pixel_size_note({"pixel_size_A": 0.2}) == "0.2000 Å/px"  # files before session 26

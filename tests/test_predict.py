@@ -599,7 +599,8 @@ def test_bad_inputs_exit_2(tmp_path, model_dir, series_tif, capsys):
     capsys.readouterr()
     assert _exit_code([str(tmp_path / "tiny.npy"), "--pixel-size", "0.2", "-o", out,
                        *model]) == 2
-    assert "px a side" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "px a side" in err[0]
     assert not (tmp_path / "o.h5").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tif", "raw.npy", "tiny.npy"]
     with pytest.raises(UserError, match="unknown model"):

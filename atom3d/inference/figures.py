@@ -121,6 +121,21 @@ def plot_results(results: str | os.PathLike, out_dir: str | os.PathLike, *,
     return written
 
 
+def pixel_size_note(attrs: dict[str, Any]) -> str:
+    """Where the pixel size came from and what the CeO2 lattice said, for figure labels,
+    e.g. ``'0.2200 Å/px from the file; the CeO2 lattice gives 0.1998 (-9.2 %)'``."""
+    p = float(attrs["pixel_size_A"])
+    source = {"file": "from the file", "option": "from --pixel-size",
+              "lattice": "from the CeO2 lattice"}.get(str(attrs.get("pixel_size_source", "")), "")
+    note = f"{p:.4f} Å/px {source}".rstrip()
+    lattice = float(attrs.get("lattice_pixel_size_A", math.nan))
+    if attrs.get("pixel_size_source") == "lattice" or "lattice_pixel_size_A" not in attrs:
+        return note
+    if math.isfinite(lattice):
+        return f"{note}; the CeO2 lattice gives {lattice:.4f} ({100 * (lattice / p - 1):+.1f} %)"
+    return f"{note}; no CeO2 lattice found to check it"
+
+
 def _rows_of(cols: dict[str, np.ndarray], t: int) -> np.ndarray:
     lo, hi = np.searchsorted(cols["frame"], [t, t + 1])
     return np.arange(lo, hi)
@@ -149,7 +164,7 @@ def _plot_frame(path: Path, t: int, image: np.ndarray | None, maps: dict[str, np
                             cmap=cmap, vmin=1, vmax=dmax, s=size, marker=marker,
                             edgecolors="k", linewidths=0.3)
         fig.colorbar(sc, ax=ax_img, shrink=0.8, label=f"{species} depth [atoms]")
-    ax_img.set_xlabel("x [Å]")
+    ax_img.set_xlabel(f"x [Å]    ({pixel_size_note(attrs)})")
     ax_img.set_ylabel("y [Å]")
     conf = np.where(maps["ce_depth"] > 0, maps["ce_confidence"].astype(np.float32),
                     np.where(maps["o_depth"] > 0, maps["o_confidence"].astype(np.float32),

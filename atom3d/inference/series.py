@@ -1145,6 +1145,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
             summary = None
         else:
             if not measure:
+                predictor.check_frame_shape(tuple(series.shape), float(series.pixel_size_A))
                 calibration = _check_calibration(
                     series, "file" if args.pixel_size is None else "option", args.quiet)
             _warn_pixel_size(series.pixel_size_A, predictor.pixel_size_A)
