@@ -40,8 +40,8 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--pixel-size", type=pixel_size_or_lattice, default=None,
                    metavar="A|lattice",
                    help="input pixel size [Å/px], overriding the file's calibration "
-                        "(required for files without one, e.g. .npy); 'lattice': measure "
-                        "it from the CeO2 [110] lattice in the frames (searched within "
+                        "(required for files without one, e.g. .npy; square pixels); 'lattice': "
+                        "measure it from the CeO2 [110] lattice in the frames (searched within "
                         "±25 %% of the file's calibration, or over 0.05–0.66 Å/px without "
                         "one). Every run checks the calibration against the lattice and "
                         "warns when they differ by more than the model tolerates")
