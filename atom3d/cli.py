@@ -88,7 +88,9 @@ def _add_info(sub) -> None:
                    help="dataset: PNG file to draw samples into; results: folder for figures")
     p.add_argument("--samples", type=_positive_int, default=8, help="samples to draw (default 8)")
     p.add_argument("--json", action="store_true",
-                   help="model: print its whole configuration (config.json) as JSON")
+                   help="model: print its whole configuration (config.json) as JSON; "
+                        "results file: its root attributes and table sizes as JSON "
+                        "(default: a summary to read)")
     p.set_defaults(func=_cmd_info)
 
 
@@ -128,12 +130,17 @@ def _cmd_info(args) -> int:
 
         res = read_results(path, load_maps=False)
         frames = res["frames"]
-        summary = {"attrs": {k: _json_value(v) for k, v in res["attrs"].items()},
-                   "frames": int(len(frames.get("frame", []))),
-                   "valid_frames": int(sum(frames.get("valid", []))),
-                   "columns": int(len(res["columns"].get("frame", []))),
-                   "events": int(len(res["events"].get("frame", [])))}
-        print(json.dumps(summary, indent=1, default=str))
+        if args.json:
+            summary = {"attrs": {k: _json_value(v) for k, v in res["attrs"].items()},
+                       "frames": int(len(frames.get("frame", []))),
+                       "valid_frames": int(sum(frames.get("valid", []))),
+                       "columns": int(len(res["columns"].get("frame", []))),
+                       "events": int(len(res["events"].get("frame", [])))}
+            print(json.dumps(summary, indent=1, default=str))
+        else:
+            from atom3d.inference.overview import results_overview
+
+            print(results_overview(res, path))
         if args.plot:
             from atom3d.inference.figures import plot_results
 

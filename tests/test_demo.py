@@ -29,10 +29,15 @@ def test_demo_runs_and_scores_against_the_truth(tmp_path, capsys):
     assert metrics["Ce"]["f1"] > 0.9  # the shipped model finds the columns of a small particle
     assert (out / "demo_series.tif").exists() and (out / "truth_columns.csv").exists()
     # atom3d info reads what atom3d predict wrote (every attribute, figures)
-    assert main(["info", str(out / "demo.h5"), "--plot", str(tmp_path / "fig")]) == 0
+    assert main(["info", str(out / "demo.h5"), "--json", "--plot", str(tmp_path / "fig")]) == 0
     summary = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
     assert summary["frames"] == 3 and summary["attrs"]["depth_smoothing"] == "changepoint"
+    assert summary["attrs"]["pixel_size_source"] == "file"
+    assert summary["attrs"]["lattice_pixel_size_A"] == pytest.approx(0.2, rel=0.01)
     assert (tmp_path / "fig" / "summary.png").exists()
+    assert main(["info", str(out / "demo.h5")]) == 0  # the summary to read
+    text = capsys.readouterr().out
+    assert "3 frames" in text and "the CeO2 lattice gives 0.2" in text
 
 
 def test_demo_series_is_the_same_in_every_process(tmp_path):

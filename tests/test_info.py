@@ -64,11 +64,55 @@ def test_info_results_file(tmp_path, capsys):
                                "species": np.array(["Ce"]), "track": np.array([-1], np.int32)},
                       frame_row={"valid": True})
         w.finalize()
-    assert main(["info", str(out)]) == 0
+    assert main(["info", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames"] == 1 and summary["columns"] == 1
     assert summary["attrs"]["changepoint_ring_radii_A"] == [0.0, 0.3, 0.6]
     assert summary["attrs"]["pixel_size_A"] == 0.2
+
+
+    # without --json: a summary to read
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("r.h5  (atom3d.columns v1, complete;")
+    assert "input     x.tif" in text and "1 frame\n" in text
+    assert "pixel     0.2000 Å/px\n" in text  # a file from before the lattice check
+    assert "columns   1 rows (Ce 1, O 0)" in text and "events    none" in text
+
+
+def test_info_results_overview_of_a_series():
+    from atom3d.inference.lattice import LatticeCheck, lattice_attrs
+    from atom3d.inference.overview import results_overview
+
+    attrs = {"format": "atom3d.columns", "format_version": 1, "created": "2026-12-04T19:00:00",
+             "atom3d_version": "0.1.0", "source": "/data/movie.dm4", "source_sha256": "ab" * 32,
+             "model": "ceo2-110", "model_sha256": "cd" * 32, "pixel_size_A": 0.22,
+             "frame_interval_s": 0.5, "tta_passes": 8, "track_detection": True,
+             "depth_smoothing": "changepoint",
+             **lattice_attrs(LatticeCheck(0.2, 40.0, 10.0, 0.22), "file")}
+    frames = {"frame": np.arange(3), "valid": np.array([True, False, True]),
+              "drift_x": np.array([0.0, np.nan, 3.0]), "drift_y": np.array([0.0, np.nan, 4.0]),
+              "n_ce": np.array([300, 0, 290]), "n_o": np.array([600, 0, 570]),
+              "o_ce_ratio": np.array([2.0, np.nan, 570 / 290]),
+              "radius_A": np.array([14.0, np.nan, 13.5]),
+              "n_surface_columns": np.array([30, 0, 28]),
+              "dose_e_per_A2": np.array([900.0, np.nan, 1100.0])}
+    columns = {"species": np.array(["Ce", "Ce", "O"]), "track": np.array([0, 0, 1])}
+    events = {"kind": np.array(["depth_change", "depth_change", "vanished"]),
+              "species": np.array(["Ce", "O", "Ce"])}
+    text = results_overview({"attrs": attrs, "frames": frames, "columns": columns,
+                             "events": events}, "/out/movie.h5")
+    lines = text.splitlines()
+    assert lines[0].startswith("movie.h5  (atom3d.columns v1, complete; written 2026-12-04")
+    assert "movie.dm4  (sha256 abababababab…)" in text and "3 frames, 0.5 s apart" in text
+    assert "0.2200 Å/px from the file; the CeO2 lattice gives 0.2000 (-9.1 %)" in text
+    assert "8 network passes per frame" in text and "columns decided per track" in text
+    assert "2 valid of 3; dose ≈ 1000 e/Å² per frame" in text
+    assert "drift up to 5.00 Å" in text
+    assert "frame 0 → 2: Ce atoms 300 → 290, O atoms 600 → 570, O/Ce 2.00 → 1.97" in text
+    assert "equivalent radius 14.0 → 13.5 Å, surface columns 30 → 28" in text
+    assert "3 rows (Ce 2, O 1) in 2 tracks" in text
+    assert "2 depth changes (Ce 1, O 1); 1 vanished (Ce 1)" in text
 
 
 def test_info_bad_paths(tmp_path, capsys):

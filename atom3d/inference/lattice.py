@@ -77,11 +77,12 @@ UNEXPLAINED_MAX = 0.5
 #: An unexplained spot only counts above this many ring spreads (the largest of the
 #: thousands of noise pixels in the annulus reaches 10–15).
 UNEXPLAINED_MIN_Z = 30.0
-#: Spots within this fraction of |{111}| of a reflection count as explained (a spot of a
-#: 1.5 nm particle falls to a quarter of its peak there).
-EXCLUDE = 0.15
+#: A spot whose peak lies within this fraction of |{111}| of a reflection is explained:
+#: the fit puts CeO2's own within a few hundredths, while MoS2's hexagonal spots sit
+#: 0.13–0.18 from the {111} positions (only peaks count, so a broad spot's flank does not).
+EXCLUDE = 0.08
 #: ... and at least this many grid px: the Hann window's main lobe (±4 px of the 2T
-#: grid) smoothed by SMOOTH_PX, for small frames whose grid is coarse.
+#: grid), for small frames whose grid is coarse.
 EXCLUDE_MIN_PX = 4.0
 #: A lattice is reported as found when its score is at least this many spreads above the
 #: median of the search grid (measured: noise and amorphous images at most 5.8;
@@ -351,8 +352,8 @@ def _unexplained(spec: _Spectrum, g: np.ndarray, p: float, a: float,
 
     Within the annulus of the pattern's reflections (0.6 × {111} to 1.08 × {004}),
     away from every reflection (both Friedel mates) by more than ``EXCLUDE`` × |{111}|
-    (at least ``EXCLUDE_MIN_PX``),
-    the largest ring-normalised whitened power; 0 when it is not a clear spot (below
+    (at least ``EXCLUDE_MIN_PX``), the largest local maximum (5 × 5 px) of the
+    ring-normalised whitened power; 0 when it is not a clear spot (below
     ``UNEXPLAINED_MIN_Z`` ring spreads: the largest of thousands of noise pixels reaches
     10–15). A hexagonal lattice (MoS2) that puts its spots on
     {002} and {004} has spots of the same strength at ±60°, which CeO2 [110] has not.
@@ -371,7 +372,10 @@ def _unexplained(spec: _Spectrum, g: np.ndarray, p: float, a: float,
     near = np.zeros(spec.white.shape, bool)
     for y0, x0 in zip(fy, fx, strict=True):
         near |= np.hypot(yy - y0, xx - x0) <= max(EXCLUDE * r111, EXCLUDE_MIN_PX)
-    zone = (r >= 0.6 * r111) & (r <= r_out) & ~near
+    # local maxima only: the flank of an explained spot (broad for a small particle in a
+    # small frame) falls away from it and is not one
+    peak = spec.white >= ndimage.maximum_filter(spec.white, size=5)
+    zone = (r >= 0.6 * r111) & (r <= r_out) & ~near & peak
     if not zone.any():
         return 0.0
     ring = np.rint(r[zone]).astype(int)
