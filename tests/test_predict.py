@@ -1244,6 +1244,17 @@ def test_a_calibration_off_by_10_percent_is_warned_about_and_recorded(
     assert attrs["pixel_size_A"] == pytest.approx(0.22)  # the file's value is still used
     assert attrs["pixel_size_source"] == "file"
     assert attrs["lattice_pixel_size_A"] == pytest.approx(0.2, rel=0.005)
+    # a binning slip (the file says half the pixel size): found by the wide search
+    binned = _write_tif(tmp_path / "binned.tif", lattice_frames, pixel=0.1)
+    capsys.readouterr()
+    assert _predict(binned, tmp_path / "binned.h5", model_dir) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and ("+99." in err or "+100." in err)
+    attrs = read_results(tmp_path / "binned.h5", load_maps=False)["attrs"]
+    assert attrs["lattice_pixel_size_A"] == pytest.approx(0.2, rel=0.005)
+    assert _predict(binned, tmp_path / "binned2.h5", model_dir, "--pixel-size", "lattice") == 0
+    attrs = read_results(tmp_path / "binned2.h5", load_maps=False)["attrs"]
+    assert attrs["pixel_size_A"] == pytest.approx(0.2, rel=0.005)
     # within the model's tolerance: no warning
     ok = _write_tif(tmp_path / "ok.tif", lattice_frames, pixel=0.204)
     capsys.readouterr()
@@ -1287,7 +1298,8 @@ def test_pixel_size_lattice_without_a_lattice_exits_2(model_dir, tmp_path, capsy
                        "--pixel-size", "lattice"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "no CeO2 [110] lattice found within ±25 % of the file's 0.2 Å/px" in err[0]
+    assert ("no CeO2 [110] lattice found in the frames (searched within ±25 % of 0.2 Å/px, "
+            "then 0.05–0.66 Å/px" in err[0])
     assert not list(tmp_path.glob("n.h5*"))
     # without the option: predicted, with a note that the pixel size was not checked
     assert predict_main([str(tif), "-o", str(tmp_path / "n.h5"), "--model", str(model_dir)]) == 0

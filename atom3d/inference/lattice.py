@@ -49,7 +49,7 @@ from scipy.fft import fft2, fftshift
 
 from atom3d.structures.ceria import A_CEO2  # the simulations' lattice constant [Å]
 
-__all__ = ["LATTICE_MIN_Z", "LATTICE_SEARCH", "LATTICE_TOLERANCE", "REFLECTIONS_UW", "LatticeCheck",
+__all__ = ["LATTICE_MIN_Z", "LATTICE_SEARCH", "LATTICE_TOLERANCE", "LATTICE_WIDE_A", "REFLECTIONS_UW", "LatticeCheck",
            "lattice_attrs", "measure_lattice", "reflections_uw", "series_lattice"]
 
 #: The nine reflections of the [110] zone, in units of 1/a along (u, w) (see module doc).
@@ -96,6 +96,9 @@ LATTICE_TOLERANCE = 0.05
 #: Relative half-width of the search around a given pixel size (``--pixel-size lattice``
 #: and the check of every run).
 LATTICE_SEARCH = 0.25
+#: Range [Å/px] searched without a pixel size (the upper end: every reflection up to
+#: {004} below Nyquist).
+LATTICE_WIDE_A = (0.05, 0.66)
 #: Frames whose power spectra are summed (evenly spread over the series).
 MAX_FRAMES = 8
 #: Frames smaller than this [px a side] are not searched (reported as no lattice).
@@ -278,7 +281,7 @@ def _scores(white: np.ndarray, g_uw: np.ndarray, pixel_A: np.ndarray,
 
 
 def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None, *,
-                    search: float = LATTICE_SEARCH, wide: tuple[float, float] = (0.05, 0.9),
+                    search: float = LATTICE_SEARCH, wide: tuple[float, float] = LATTICE_WIDE_A,
                     a_A: float = A_CEO2) -> LatticeCheck:
     """Pixel size [Å/px] at which ``frames`` show the CeO2 [110] lattice.
 

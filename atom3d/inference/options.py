@@ -42,9 +42,9 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="input pixel size [Å/px], overriding the file's calibration "
                         "(required for files without one, e.g. .npy; square pixels); 'lattice': "
                         "measure it from the CeO2 [110] lattice in the frames (searched within "
-                        "±25 %% of the file's calibration, or over 0.05–0.66 Å/px without "
-                        "one). Every run checks the calibration against the lattice and "
-                        "warns when they differ by more than the model tolerates")
+                        "±25 %% of the file's calibration, then over 0.05–0.66 Å/px). Every "
+                        "run checks the calibration against the lattice and warns when they "
+                        "differ by more than the model tolerates (±5 %%)")
     p.add_argument("--device", default="cpu", metavar="cpu|cuda",
                    help="where the network runs (default cpu; 'cuda' or 'cuda:N')")
     p.add_argument("--half", action="store_true",
