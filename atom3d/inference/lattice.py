@@ -33,8 +33,8 @@ all grid points, in units of their spread (1.4826 × MAD). A lattice is *found* 
 ``lattice_z`` ≥ ``LATTICE_MIN_Z``, both {111} spots stand ≥ ``SPOT_MIN_Z`` spreads
 above their ring, and no spot the pattern leaves unexplained reaches ``UNEXPLAINED_MAX``
 of the strongest it explains. Measured (``report/calibration_tolerance_s26/``): found in
-84–88 % of single simulated test images, 95 % of them within 0.4–0.7 %; never on
-noise, amorphous blobs, or real SrTiO3 and MoS2 images.
+85–88 % of single simulated test images, 95 % of them within 0.5–0.8 % (all within
+3.4 %); never on noise, amorphous blobs, or real SrTiO3 and MoS2 images.
 """
 
 from __future__ import annotations
