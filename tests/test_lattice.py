@@ -171,3 +171,12 @@ def test_figure_note_says_where_the_pixel_size_came_from():
     attrs = {"pixel_size_A": 0.1998, **lattice_attrs(LatticeCheck(0.1998, 30.0, 1.0, 0.22), "lattice")}
     assert pixel_size_note(attrs) == "0.1998 Å/px from the CeO2 lattice"
     assert pixel_size_note({"pixel_size_A": 0.2}) == "0.2000 Å/px"  # files before session 26
+
+
+def test_reason_says_why_a_fit_is_not_ceo2():
+    assert LatticeCheck(0.2, 30.0, 0.0, 0.2, (9.0, 9.0), 0.1).reason == ""
+    assert "score 3.0, needs 8" in LatticeCheck(math.nan, 3.0, 0.0, 0.2, (9.0, 9.0)).reason
+    why = LatticeCheck(math.nan, 30.0, 0.0, 0.2, (9.0, 1.0)).reason
+    assert "{111} spots are not both there" in why
+    why = LatticeCheck(math.nan, 30.0, 0.0, 0.2, (9.0, 9.0), 0.76).reason
+    assert "0.76 of its strongest" in why

@@ -154,6 +154,20 @@ class LatticeCheck:
         return bool(np.isfinite(self.pixel_size_A))
 
     @property
+    def reason(self) -> str:
+        """Why the best fit is not a CeO2 [110] lattice ('' when it is one)."""
+        if self.found:
+            return ""
+        if self.z < LATTICE_MIN_Z or len(self.spot_z) < 2:
+            return f"score {self.z:.1f}, needs {LATTICE_MIN_Z:g}"
+        if min(self.spot_z[:2]) < SPOT_MIN_Z:
+            return (f"score {self.z:.0f}, but the two {{111}} spots are not both there "
+                    f"({self.spot_z[0]:.0f} and {self.spot_z[1]:.0f} spreads, need "
+                    f"{SPOT_MIN_Z:g}): another lattice or zone?")
+        return (f"score {self.z:.0f}, but a spot it does not explain is "
+                f"{self.unexplained:.2f} of its strongest: another lattice or crystal?")
+
+    @property
     def ratio(self) -> float:
         """Lattice pixel size over the nominal one (NaN when either is missing)."""
         return self.pixel_size_A / self.nominal_A if self.found else math.nan

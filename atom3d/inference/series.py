@@ -81,7 +81,6 @@ from scipy.spatial import cKDTree
 from atom3d.argtypes import LATTICE
 from atom3d.errors import UserError
 from atom3d.inference.lattice import (
-    LATTICE_MIN_Z,
     LATTICE_SEARCH,
     LATTICE_TOLERANCE,
     LATTICE_WIDE_A,
@@ -1188,8 +1187,8 @@ def _lattice_pixel_size(series: Any, src: Path, quiet: bool) -> dict[str, Any]:
     check = _series_lattice_or_wide(series, nominal)
     if not check.found:
         raise UserError(f"{src}: no CeO2 [110] lattice found in the frames (searched "
-                        f"{_searched(nominal)}; score {check.z:.1f}, needs "
-                        f"{LATTICE_MIN_Z:g}); pass --pixel-size in Å")
+                        f"{_searched(nominal)}; best fit: {check.reason}); pass "
+                        "--pixel-size in Å")
     series.pixel_size_A = check.pixel_size_A
     if not quiet:
         told = (f"file: {nominal:.4f} Å/px, {100 * (check.pixel_size_A / nominal - 1):+.1f} %"
@@ -1230,9 +1229,10 @@ def _check_calibration(series: Any, source: str, quiet: bool) -> dict[str, Any]:
             f"±{100 * LATTICE_TOLERANCE:.0f} %: rerun with --pixel-size lattice (or the "
             "right value) if the calibration is wrong"), file=sys.stderr)
     elif not check.found and not quiet:
-        print(f"atom3d: note: no CeO2 [110] lattice found in the frames (score {check.z:.1f}, "
-              f"needs {LATTICE_MIN_Z:g}): the pixel size is not checked, and the images may "
-              "not be CeO2 along [110]", file=sys.stderr)
+        print(terminal_paragraph(
+            f"atom3d: note: no CeO2 [110] lattice found in the frames (best fit: "
+            f"{check.reason}): the pixel size is not checked, and the images may not be "
+            "CeO2 along [110]"), file=sys.stderr)
     return lattice_attrs(check, source)
 
 
