@@ -128,7 +128,8 @@ class LatticeCheck:
         Score of the best fit above the search grid's median, in robust spreads
         (see :data:`LATTICE_MIN_Z`).
     angle_deg : float
-        In-plane angle of [001] (w) from the image x axis [°], in [0, 180).
+        In-plane angle of [001] (w) from the image x axis towards +y (down the rows:
+        clockwise as an image is displayed) [°], in [0, 180).
     nominal_A : float
         The pixel size searched around [Å/px] (the file's or the user's; NaN for a wide
         search without one).
