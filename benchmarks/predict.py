@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_in_run": round(1.0 - e2e["network_s"] / e2e["seconds"], 4),
         "end_to_end_seconds": round(e2e["seconds"], 2),
         "startup_seconds": round(e2e["startup_s"], 2),
+        "lattice_check_seconds": round(e2e.get("lattice_check_s", float("nan")), 2),
         "throughput_run_maxrss_mb": round(e2e["maxrss_mb"], 1),
         "data_seconds": round(t_data, 1),
         "rss_model": rss_label,

@@ -107,6 +107,8 @@ MIN_SIDE = 32
 MAX_TILE = 512
 #: At most this many tiles per measurement (the rest of a huge frame is skipped evenly).
 MAX_TILES = 64
+#: The grid search runs on the spectrum binned to at most this many px a side.
+COARSE_N = 512
 #: Gaussian smoothing of the whitened spectrum [px of the 2T grid].
 SMOOTH_PX = 1.5
 
@@ -333,18 +335,23 @@ def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None
     hi = min(hi, 0.5 / g_max * 0.98)  # every reflection below Nyquist
     if hi <= lo:
         return LatticeCheck(math.nan, 0.0, math.nan, nominal_A or math.nan, ())
-    r_max = g_max * hi * n  # outermost reflection's radius [grid px]
+    # the grid search runs on the spectrum binned to at most COARSE_N px a side (the cost
+    # grows with the square of the grid), the refinements on the full one
+    f = max(1, n // COARSE_N)
+    coarse = white if f == 1 else white.reshape(n // f, f, n // f, f).mean(axis=(1, 3))
+    r_max = g_max * hi * coarse.shape[0]  # outermost reflection's radius [grid px]
     step = 0.5 / r_max  # half a grid pixel at the outermost reflection
     pixel = np.exp(np.arange(math.log(lo), math.log(hi) + step, step))
     angle = np.arange(0.0, math.pi, step)
-    scores = _scores(white, g, pixel, angle)
+    scores = _scores(coarse, g, pixel, angle)
     median = float(np.median(scores))
     spread = 1.4826 * float(np.median(np.abs(scores - median))) or 1e-12
     i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    p0, a0 = _refine(lambda p, a: _scores(white, g, p, a), pixel[i], angle[j], step)
+    p0, a0 = _refine(lambda p, a: _scores(coarse, g, p, a), pixel[i], angle[j], step)
+    z = (float(_scores(coarse, g, np.array([p0]), np.array([a0]))[0, 0]) - median) / spread
+    p0, a0 = _refine(lambda p, a: _scores(white, g, p, a), p0, a0, step)
     if nominal_A is None:
-        p0, a0 = _odd_family_choice(white, g, p0, a0, step, lo, hi)
-    z = (float(_scores(white, g, np.array([p0]), np.array([a0]))[0, 0]) - median) / spread
+        p0, a0 = _odd_family_choice(white, g, p0, a0, step / f, lo, hi)
     # final position on the excess power, each reflection weighted by 1 / M at its place:
     # the whitened spectrum is tilted outwards across a spot by the falling M (+0.5 %)
     fy, fx = _positions(n, g, np.array([p0]), np.array([a0]))
@@ -387,17 +394,18 @@ def _unexplained(spec: _Spectrum, g: np.ndarray, p: float, a: float,
     fy, fx = _positions(n, _ALL_UW * (np.linalg.norm(g[0]) / np.linalg.norm(REFLECTIONS_UW[0])),
                         np.array([p]), np.array([a]))
     fy, fx = fy[:, 0, 0] - n // 2, fx[:, 0, 0] - n // 2
-    near = np.zeros(spec.white.shape, bool)
-    for y0, x0 in zip(fy, fx, strict=True):
-        near |= np.hypot(yy - y0, xx - x0) <= max(EXCLUDE * r111, EXCLUDE_MIN_PX)
     # local maxima only: the flank of an explained spot (broad for a small particle in a
     # small frame) falls away from it and is not one
     peak = spec.white >= ndimage.maximum_filter(spec.white, size=5)
-    zone = (r >= 0.6 * r111) & (r <= r_out) & ~near & peak
-    if not zone.any():
+    cy, cx = np.nonzero((r >= 0.6 * r111) & (r <= r_out) & peak)
+    cy, cx = cy - n // 2, cx - n // 2
+    distance = np.hypot(cy[:, None] - fy[None, :], cx[:, None] - fx[None, :]).min(axis=1)
+    keep = distance > max(EXCLUDE * r111, EXCLUDE_MIN_PX)
+    if not keep.any():
         return 0.0
-    ring = np.rint(r[zone]).astype(int)
-    zmap = (spec.white[zone] - spec.white_median[ring]) / spec.white_spread[ring]
+    cy, cx = cy[keep], cx[keep]
+    ring = np.rint(np.hypot(cy, cx)).astype(int)
+    zmap = (spec.white[cy + n // 2, cx + n // 2] - spec.white_median[ring]) / spec.white_spread[ring]
     strongest = float(zmap.max())
     if strongest < UNEXPLAINED_MIN_Z or explained_z <= 0:
         return 0.0
