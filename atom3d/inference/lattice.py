@@ -25,7 +25,8 @@ needs no drift alignment), whitened by their radial median (each ring divided by
 median, so the amorphous background and the CTF envelope drop out) and smoothed by a
 Gaussian of ``SMOOTH_PX`` px. Every pixel size ``p`` (log grid) and in-plane rotation
 θ of the pattern is scored by the mean whitened power at the nine reflections placed at
-frequency ``R(θ) g · p`` (cycles/px); the best grid point is refined by a local search,
+frequency ``R(θ) g · p`` (cycles/px) on the spectrum binned to at most ``COARSE_N`` px
+a side; the best grid point is refined by a local search on the full spectrum,
 and finally on the un-whitened excess power (ring median subtracted) with cubic-spline
 interpolation, each reflection weighted by 1 / its ring median (unbiased to < 0.1 % on
 synthetic lattices; 0.4 % before). ``lattice_z`` is the best score above the median of
@@ -319,7 +320,9 @@ def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None
     Returns
     -------
     LatticeCheck
-        ``pixel_size_A`` NaN when the best fit scores below :data:`LATTICE_MIN_Z`.
+        ``pixel_size_A`` NaN when no CeO2 [110] lattice is found (frames smaller than
+        ``MIN_SIDE``, or a best fit that fails a test of the module doc:
+        :attr:`LatticeCheck.reason` says which).
     """
     if min(frames[0].shape) < MIN_SIDE:
         return LatticeCheck(math.nan, 0.0, math.nan, nominal_A or math.nan, ())
