@@ -74,6 +74,16 @@ def test_wide_search_without_a_calibration_is_not_fooled_by_the_sqrt2_alias(pixe
     assert check.pixel_size_A == pytest.approx(pixel, rel=0.005)
 
 
+def test_wide_fallback_finds_a_binning_slip_on_the_same_spectrum():
+    f = ce_columns_image(np.random.default_rng(9), (256, 256), 0.2, 50.0, 300)
+    near = measure_lattice([f], 0.1)  # the file says half the pixel size
+    assert not near.found and near.nominal_A == 0.1
+    check = measure_lattice([f], 0.1, wide_fallback=True)
+    assert check.found and check.nominal_A == 0.1
+    assert check.pixel_size_A == pytest.approx(0.2, rel=0.005)
+    assert check.ratio == pytest.approx(2.0, rel=0.005)
+
+
 def test_noise_alone_has_no_lattice():
     rng = np.random.default_rng(2)
     for _ in range(3):

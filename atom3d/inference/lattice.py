@@ -134,8 +134,8 @@ class LatticeCheck:
         In-plane angle of [001] (w) from the image x axis towards +y (down the rows:
         clockwise as an image is displayed) [°], in [0, 180).
     nominal_A : float
-        The pixel size searched around [Å/px] (the file's or the user's; NaN for a wide
-        search without one).
+        The pixel size it is compared with [Å/px] (the file's or the user's; NaN for a
+        wide search without one).
     spot_z : tuple of float
         Each reflection of :data:`REFLECTIONS_UW` at the fit: its whitened power above
         the median of its ring, in robust spreads of that ring.
@@ -300,7 +300,7 @@ def _scores(white: np.ndarray, g_uw: np.ndarray, pixel_A: np.ndarray,
 
 def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None, *,
                     search: float = LATTICE_SEARCH, wide: tuple[float, float] = LATTICE_WIDE_A,
-                    a_A: float = A_CEO2) -> LatticeCheck:
+                    a_A: float = A_CEO2, wide_fallback: bool = False) -> LatticeCheck:
     """Pixel size [Å/px] at which ``frames`` show the CeO2 [110] lattice.
 
     Parameters
@@ -316,28 +316,40 @@ def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None
         Range [Å/px] searched without a nominal pixel size.
     a_A : float
         Lattice constant [Å].
+    wide_fallback : bool
+        When nothing is found near ``nominal_A``, search ``wide`` too (on the same
+        spectrum): a unit or binning slip puts the lattice far from the calibration.
 
     Returns
     -------
     LatticeCheck
         ``pixel_size_A`` NaN when no CeO2 [110] lattice is found (frames smaller than
         ``MIN_SIDE``, or a best fit that fails a test of the module doc:
-        :attr:`LatticeCheck.reason` says which).
+        :attr:`LatticeCheck.reason` says which); ``nominal_A`` is the one given.
     """
+    nominal = float(nominal_A) if nominal_A is not None else math.nan
     if min(frames[0].shape) < MIN_SIDE:
-        return LatticeCheck(math.nan, 0.0, math.nan, nominal_A or math.nan, ())
+        return LatticeCheck(math.nan, 0.0, math.nan, nominal, ())
     spec = prepare(power_spectrum(frames))
+    if nominal_A is not None:
+        check = _search(spec, a_A, nominal_A / (1 + search), nominal_A * (1 + search),
+                        alias=False, nominal=nominal)
+        if check.found or not wide_fallback:
+            return check
+    return _search(spec, a_A, *wide, alias=True, nominal=nominal)
+
+
+def _search(spec: _Spectrum, a_A: float, lo: float, hi: float, *, alias: bool,
+            nominal: float) -> LatticeCheck:
+    """Fit the pattern to ``spec`` for pixel sizes in [lo, hi] Å/px (``alias``: settle the
+    √2 ambiguity of a range that spans it)."""
     white = spec.white
     n = white.shape[0]
     g = reflections_uw(a_A)
-    if nominal_A is not None:
-        lo, hi = nominal_A / (1 + search), nominal_A * (1 + search)
-    else:
-        lo, hi = wide
     g_max = float(np.hypot(*g.T).max())
     hi = min(hi, 0.5 / g_max * 0.98)  # every reflection below Nyquist
     if hi <= lo:
-        return LatticeCheck(math.nan, 0.0, math.nan, nominal_A or math.nan, ())
+        return LatticeCheck(math.nan, 0.0, math.nan, nominal, ())
     # the grid search runs on the spectrum binned to at most COARSE_N px a side (the cost
     # grows with the square of the grid), the refinements on the full one
     f = max(1, n // COARSE_N)
@@ -353,7 +365,7 @@ def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None
     p0, a0 = _refine(lambda p, a: _scores(coarse, g, p, a), pixel[i], angle[j], step)
     z = (float(_scores(coarse, g, np.array([p0]), np.array([a0]))[0, 0]) - median) / spread
     p0, a0 = _refine(lambda p, a: _scores(white, g, p, a), p0, a0, step)
-    if nominal_A is None:
+    if alias:
         p0, a0 = _odd_family_choice(white, g, p0, a0, step / f, lo, hi)
     # final position on the excess power, each reflection weighted by 1 / M at its place:
     # the whitened spectrum is tilted outwards across a spot by the falling M (+0.5 %)
@@ -365,16 +377,15 @@ def measure_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None
     spot = (_sample(white, *_positions(n, g, np.array([p1]), np.array([a1])))[:, 0, 0]
             - spec.at_radius(spec.white_median, radius)) / spec.at_radius(spec.white_spread,
                                                                            radius)
-    other = _unexplained(spec, g, p1, a1, float(spot.max()))
+    other = _unexplained(spec, a_A, p1, a1, float(spot.max()))
     found = (z >= LATTICE_MIN_Z and float(spot[_111].min()) >= SPOT_MIN_Z
              and other < UNEXPLAINED_MAX)
     return LatticeCheck(float(p1) if found else math.nan, float(z),
-                        float(np.degrees(a1) % 180.0),
-                        float(nominal_A) if nominal_A is not None else math.nan,
+                        float(np.degrees(a1) % 180.0), nominal,
                         tuple(float(v) for v in spot), other)
 
 
-def _unexplained(spec: _Spectrum, g: np.ndarray, p: float, a: float,
+def _unexplained(spec: _Spectrum, a_A: float, p: float, a: float,
                  explained_z: float) -> float:
     """The strongest spot the fitted pattern does not explain, over its strongest one.
 
@@ -389,13 +400,11 @@ def _unexplained(spec: _Spectrum, g: np.ndarray, p: float, a: float,
     n = spec.white.shape[0]
     yy, xx = np.indices(spec.white.shape) - n // 2
     r = np.hypot(yy, xx)
-    fy, fx = _positions(n, np.concatenate([g, -g]), np.array([p]), np.array([a]))
-    fy, fx = fy[:, 0, 0] - n // 2, fx[:, 0, 0] - n // 2
-    r111 = float(np.hypot(fy[0], fx[0]))
-    r_out = float(np.hypot(fy, fx).max()) * 1.08
+    g = reflections_uw(a_A)
+    r111 = float(np.hypot(*g[0])) * p * n  # radius of {111} [grid px]
+    r_out = float(np.hypot(*g.T).max()) * p * n * 1.08
     # every reflection of the zone near the annulus is explained ({331} lies just outside)
-    fy, fx = _positions(n, _ALL_UW * (np.linalg.norm(g[0]) / np.linalg.norm(REFLECTIONS_UW[0])),
-                        np.array([p]), np.array([a]))
+    fy, fx = _positions(n, _ALL_UW / a_A, np.array([p]), np.array([a]))
     fy, fx = fy[:, 0, 0] - n // 2, fx[:, 0, 0] - n // 2
     # local maxima only: the flank of an explained spot (broad for a small particle in a
     # small frame) falls away from it and is not one
@@ -453,7 +462,8 @@ def _refine(score: Callable[[np.ndarray, np.ndarray], np.ndarray], p0: float, a0
 
 def series_lattice(series, nominal_A: float | None = None) -> LatticeCheck:
     """:func:`measure_lattice` on up to :data:`MAX_FRAMES` frames of ``series`` (evenly
-    spread; frames with NaN/Inf or no signal are skipped)."""
+    spread; frames with NaN/Inf or no signal are skipped), near ``nominal_A`` and, when
+    not found there, over the wide range: what ``atom3d predict`` checks."""
     n = int(series.n_frames)
     picks = np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).astype(int))
     frames = []
@@ -462,8 +472,9 @@ def series_lattice(series, nominal_A: float | None = None) -> LatticeCheck:
         if np.all(np.isfinite(f)) and float(np.std(f)) > 0:
             frames.append(f)
     if not frames:
-        return LatticeCheck(math.nan, 0.0, math.nan, nominal_A or math.nan, ())
-    return measure_lattice(frames, nominal_A)
+        return LatticeCheck(math.nan, 0.0, math.nan,
+                            nominal_A if nominal_A is not None else math.nan, ())
+    return measure_lattice(frames, nominal_A, wide_fallback=True)
 
 
 def lattice_attrs(check: LatticeCheck, source: str) -> dict[str, float | str]:

@@ -84,7 +84,6 @@ from atom3d.inference.lattice import (
     LATTICE_SEARCH,
     LATTICE_TOLERANCE,
     LATTICE_WIDE_A,
-    LatticeCheck,
     lattice_attrs,
     series_lattice,
 )
@@ -1184,14 +1183,14 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
 def _lattice_pixel_size(series: Any, src: Path, quiet: bool) -> dict[str, Any]:
     """``--pixel-size lattice``: set ``series.pixel_size_A`` from the CeO2 lattice."""
     nominal = series.pixel_size_A if math.isfinite(series.pixel_size_A) else None
-    check = _series_lattice_or_wide(series, nominal)
+    check = series_lattice(series, nominal)
     if not check.found:
         raise UserError(f"{src}: no CeO2 [110] lattice found in the frames (searched "
                         f"{_searched(nominal)}; best fit: {check.reason}); pass "
                         "--pixel-size in Å")
     series.pixel_size_A = check.pixel_size_A
     if not quiet:
-        told = (f"file: {nominal:.4f} Å/px, {100 * (check.pixel_size_A / nominal - 1):+.1f} %"
+        told = (f"file: {nominal:.4f} Å/px, {100 * (check.ratio - 1):+.1f} %"
                 if nominal is not None else "the file has no usable calibration")
         print(f"atom3d: pixel size from the CeO2 [110] lattice: {check.pixel_size_A:.4f} Å/px "
               f"({told})", file=sys.stderr)
@@ -1205,27 +1204,16 @@ def _searched(nominal: float | None) -> str:
     return f"within ±{100 * LATTICE_SEARCH:.0f} % of {nominal:.4g} Å/px, then {wide}"
 
 
-def _series_lattice_or_wide(series: Any, nominal: float | None) -> LatticeCheck:
-    """The lattice near ``nominal`` [Å/px], else anywhere in the wide range (a unit or
-    binning slip puts it far from the calibration)."""
-    check = series_lattice(series, nominal) if nominal is not None else None
-    if check is None or not check.found:
-        check = series_lattice(series, None)
-    return check
-
-
 def _check_calibration(series: Any, source: str, quiet: bool) -> dict[str, Any]:
-    """Measure the lattice (near the given pixel size, else anywhere); warn when they
-    disagree."""
-    p = float(series.pixel_size_A)
-    check = _series_lattice_or_wide(series, p)
-    ratio = check.pixel_size_A / p
+    """Measure the lattice (near the given pixel size, else anywhere: :func:`series_lattice`);
+    warn when they disagree."""
+    check = series_lattice(series, float(series.pixel_size_A))
     given = "the file's calibration" if source == "file" else "--pixel-size"
-    if check.found and abs(ratio - 1) > LATTICE_TOLERANCE:
+    if check.found and abs(check.ratio - 1) > LATTICE_TOLERANCE:
         print(terminal_paragraph(
             f"atom3d: warning: the CeO2 [110] lattice in the frames gives "
-            f"{check.pixel_size_A:.4f} Å/px, {100 * (ratio - 1):+.1f} % from {given} "
-            f"({p:.4f} Å/px); the model's depths degrade beyond "
+            f"{check.pixel_size_A:.4f} Å/px, {100 * (check.ratio - 1):+.1f} % from {given} "
+            f"({series.pixel_size_A:.4f} Å/px); the model's depths degrade beyond "
             f"±{100 * LATTICE_TOLERANCE:.0f} %: rerun with --pixel-size lattice (or the "
             "right value) if the calibration is wrong"), file=sys.stderr)
     elif not check.found and not quiet:

@@ -2,8 +2,10 @@
 
 1. Every image of the test stores, with its shot noise as ``atom3d evaluate`` draws it,
    searched around the true pixel size and around a nominal one 8 % too small and 8 %
-   too large: how often the lattice is found (z ≥ LATTICE_MIN_Z), the scatter of the
-   measured over the true pixel size, by dose; the wide search (no nominal) too.
+   too large (``measure_lattice`` without its wide fallback): how often the lattice is
+   found (``LatticeCheck.found``: score, both {111}, no strong unexplained spot), the
+   scatter of the measured over the true pixel size, by dose; the wide search (no
+   nominal) too.
 2. Images with no CeO2 [110] lattice: shot noise alone and a smooth amorphous blob of a
    particle's size, at 100, 1000 and 10 000 e/Å² (5 each); and the real microscope
    images of ``../shared/realdata`` (SrTiO3 and MoS2 STEM, a Velox TEM stack), searched
