@@ -234,7 +234,9 @@ def export_xyz(results: str | os.PathLike, out_dir: str | os.PathLike, *,
         depth = cols["depth"][rows].astype(np.int64)
         positions, column = column_atoms(x, y, depth, phase if interleave else None,
                                          align=align)
-        info = {"frame": t, "valid": bool(table["valid"][t]), "source": attrs.get("source", ""),
+        info = {"frame": t, "valid": bool(table["valid"][t]),
+                "source_frame": int(table["source_frame"][t]) if "source_frame" in table else t,
+                "source": attrs.get("source", ""),
                 "model": attrs.get("model", ""), "align": align, "interleaved": interleave,
                 "drift_corrected": bool(shift), "repeat_A": C_110_A}
         written.append(write_extxyz(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from atom3d.io.results import open_results
+from atom3d.io.selection import FrameRange, Roi, select
 
 __all__ = ["plot_results", "select_frames"]
 
@@ -71,7 +72,14 @@ def _open_source(attrs: dict[str, Any]):
         series = open_series(source, pixel_size_A=float(attrs["pixel_size_A"]))
     except Exception:  # noqa: BLE001 - a figure without the raw frame is still useful
         return None
-    return series
+    if "source_frames" not in attrs:  # written before session 27: the whole file
+        return series
+    try:  # the part of the file the results cover (atom3d predict --frames / --roi)
+        start, stop, step = (int(v) for v in attrs["source_frames"])
+        return select(series, FrameRange(start, stop, step), Roi(*map(int, attrs["roi_px"])))
+    except Exception:  # noqa: BLE001 - e.g. the file changed since: no raw frames
+        series.close()
+        return None
 
 
 def plot_results(results: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -111,8 +119,9 @@ def plot_results(results: str | os.PathLike, out_dir: str | os.PathLike, *,
                     image = series.frame(t)
                 maps = {name: r["maps"][name][t] for name in
                         ("ce_depth", "ce_confidence", "o_depth", "o_confidence")}
+                source = int(table["source_frame"][t]) if "source_frame" in table else t
                 written.append(_plot_frame(out_dir / f"frame_{t:05d}.png", t, image, maps,
-                                           cols, attrs))
+                                           cols, attrs, source))
         finally:
             if own and series is not None:
                 series.close()
@@ -142,19 +151,21 @@ def _rows_of(cols: dict[str, np.ndarray], t: int) -> np.ndarray:
 
 
 def _plot_frame(path: Path, t: int, image: np.ndarray | None, maps: dict[str, np.ndarray],
-                cols: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+                cols: dict[str, np.ndarray], attrs: dict[str, Any],
+                source_frame: int | None = None) -> Path:
     p = float(attrs["pixel_size_A"])
     h, w = maps["ce_depth"].shape
     extent = (-0.5 * p, (w - 0.5) * p, (h - 0.5) * p, -0.5 * p)  # pixel centres at c·p, r·p
     fig = _canvas(12.5, 5.4)
     ax_img, ax_conf = fig.subplots(1, 2)
+    name = f"frame {t}" if source_frame in (None, t) else f"frame {t} (file frame {source_frame})"
     if image is not None:
         lo, hi = np.nanpercentile(image, [1, 99]) if np.isfinite(image).any() else (0, 1)
         ax_img.imshow(image, cmap="gray", extent=extent, vmin=lo, vmax=hi)
-        ax_img.set_title(f"frame {t}: columns coloured by depth")
+        ax_img.set_title(f"{name}: columns coloured by depth")
     else:
         ax_img.imshow(maps["ce_depth"], cmap="gray", extent=extent)
-        ax_img.set_title(f"frame {t}: Ce depth map with columns")
+        ax_img.set_title(f"{name}: Ce depth map with columns")
     rows = _rows_of(cols, t)
     depth = cols["depth"][rows].astype(float)
     dmax = max(float(depth.max()) if depth.size else 1.0, 1.0)
@@ -177,11 +188,17 @@ def _plot_frame(path: Path, t: int, image: np.ndarray | None, maps: dict[str, np
 
 
 def _time_axis(table: dict[str, np.ndarray], attrs: dict[str, Any]) -> tuple[np.ndarray, str]:
-    dt = float(attrs.get("frame_interval_s", math.nan))
-    frame = table["frame"].astype(float)
+    """Time since the input file's first frame [s], or its frame number when the file
+    gives no frame interval."""
+    if "source_frame" in table:  # the frame's number in the input file (--frames)
+        frame = table["source_frame"].astype(float)
+        dt = float(attrs.get("source_frame_interval_s", math.nan))
+    else:
+        frame = table["frame"].astype(float)
+        dt = float(attrs.get("frame_interval_s", math.nan))
     if math.isfinite(dt) and dt > 0:
         return frame * dt, "time [s]"
-    return frame, "frame"
+    return frame, "frame of the input file"
 
 
 def _plot_tracks(path: Path, cols: dict[str, np.ndarray], events: dict[str, np.ndarray],

@@ -12,6 +12,7 @@ from pathlib import Path
 from atom3d.argtypes import add_tta_arguments, pixel_size_or_lattice
 from atom3d.argtypes import non_negative_int as _non_negative_int
 from atom3d.argtypes import positive_int as _positive_int
+from atom3d.io.selection import frame_range, roi
 from atom3d.models import DEFAULT_MODEL
 
 __all__ = ["PREDICT_DESCRIPTION", "build_predict_parser", "configure_predict_parser"]
@@ -45,6 +46,16 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "±25 %% of the file's calibration, then over 0.05–0.66 Å/px). Every "
                         "run checks the calibration against the lattice and warns when they "
                         "differ by more than the model tolerates (±5 %%)")
+    p.add_argument("--frames", type=frame_range, default=None, metavar="START:STOP[:STEP]",
+                   help="predict only these frames of each input, numbered from 0 as in the "
+                        "file, STOP excluded (a Python slice): '100:200' is 100 frames, "
+                        "'::10' one frame in ten, '7' frame 7 alone (default: all). /frames "
+                        "keeps each frame's number in the file (source_frame)")
+    p.add_argument("--roi", type=roi, default=None, metavar="X,Y,W,H",
+                   help="predict only this rectangle of each frame [px]: top-left column X "
+                        "and row Y, width W and height H, as ImageJ's rectangle (default: "
+                        "the whole frame). Maps and positions are then relative to its "
+                        "top-left corner: add (X·p, Y·p) Å for the whole frame")
     p.add_argument("--device", default="cpu", metavar="cpu|cuda",
                    help="where the network runs (default cpu; 'cuda' or 'cuda:N')")
     p.add_argument("--half", action="store_true",

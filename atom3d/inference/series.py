@@ -28,7 +28,10 @@ Per frame (``/frames``)
     ``dose_e_per_A2`` = the frame's electron dose estimated from its own shot noise
     [e/Å²] (:func:`~atom3d.inference.dose.estimate_dose`; gain-free, needs counts
     without a dark offset; NaN for invalid frames);
-    ``drift_x``, ``drift_y`` [Å] (NaN for invalid frames).
+    ``drift_x``, ``drift_y`` [Å] (NaN for invalid frames); ``source_frame`` = the
+    frame's number in the input file (``--frames``; :mod:`atom3d.io.selection` states
+    the conventions of ``--frames`` and ``--roi`` and the root attributes that record
+    them).
 
 Drift
     :func:`~atom3d.inference.tracking.cumulative_drift` (frame to frame, ``'previous'``)
@@ -112,6 +115,7 @@ from atom3d.io.results import (
     read_results,
     sha256_file,
 )
+from atom3d.io.selection import select, selection_attrs, selection_note
 from atom3d.models import DEFAULT_MODEL  # model used when --model is not given
 from atom3d.models.summary import expected_at_dose, terminal_paragraph
 
@@ -383,8 +387,9 @@ def _column_rows(pred: FramePrediction, k_max: int) -> dict[str, np.ndarray]:
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
-def _frame_row(pred: FramePrediction) -> dict[str, Any]:
-    """The ``/frames`` row of one frame (drift is filled in after the loop)."""
+def _frame_row(pred: FramePrediction, source_frame: int) -> dict[str, Any]:
+    """The ``/frames`` row of one frame, frame ``source_frame`` of the input file (drift is
+    filled in after the loop)."""
     ce, o = pred.columns["Ce"], pred.columns["O"]
     n_ce = int(ce.depth.astype(np.int64).sum())
     n_o = int(o.depth.astype(np.int64).sum())
@@ -402,15 +407,19 @@ def _frame_row(pred: FramePrediction) -> dict[str, Any]:
         "n_ce_columns": np.int32(len(ce)),
         "n_o_columns": np.int32(len(o)),
         "dose_e_per_A2": np.float32(pred.dose_e_per_A2),
+        "source_frame": np.int32(source_frame),
     }
 
 
-def _write_prediction(writer: ResultsWriter, i: int, pred: FramePrediction, k_max: int) -> None:
-    """Write frame ``i`` (maps, columns, frame row) and commit it."""
+def _write_prediction(writer: ResultsWriter, i: int, pred: FramePrediction, k_max: int,
+                      source_frame: int | None = None) -> None:
+    """Write frame ``i`` (maps, columns, frame row) and commit it; ``source_frame``: its
+    index in the input file (``i`` when None)."""
     writer.write_frame(
         i, ce_depth=pred.ce_depth, ce_confidence=pred.ce_confidence,
         o_depth=pred.o_depth, o_confidence=pred.o_confidence,
-        columns=_column_rows(pred, k_max), frame_row=_frame_row(pred),
+        columns=_column_rows(pred, k_max),
+        frame_row=_frame_row(pred, i if source_frame is None else source_frame),
     )
 
 
@@ -893,6 +902,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_level_weight": CHANGEPOINT_LEVEL_WEIGHT,
         "changepoint_signature_bandwidth": CHANGEPOINT_SIGNATURE_BANDWIDTH,
     }
+    attrs.update(selection_attrs(series))
     attrs.update(calibration or {})
     n = int(series.n_frames)
     attrs.update(_column_attrs(n, track_columns))
@@ -928,6 +938,7 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
         # always computed in the same batch as in an uninterrupted run.
         chunk = predictor.batch_size if _fits_one_tile(predictor, series) else 1
         n_invalid = 0
+        source_frame = getattr(series, "source_frame", lambda i: i)
         bar = tqdm(total=n, initial=len(done), unit="frame", desc=out.name,
                    disable=None if progress else True, dynamic_ncols=True)
 
@@ -941,7 +952,7 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
                     if n_invalid <= MAX_INVALID_MESSAGES:
                         tqdm.write(f"{out.name}: frame {i} is invalid ({pred.reason}); "
                                    "no columns predicted", file=sys.stderr)
-                _write_prediction(writer, i, pred, k_max)
+                _write_prediction(writer, i, pred, k_max, source_frame(i))
                 bar.update(1)
 
         # On a GPU the frame loop is a two-stage pipeline: while the network runs on
@@ -1045,10 +1056,13 @@ def _column_attrs(n_frames: int, track_columns: bool) -> dict[str, Any]:
 
 def _complete_matches(out: Path, source_hash: str, predictor: Predictor,
                       column_attrs: dict[str, Any] | None = None,
-                      pixel_size_A: float | None = None) -> bool:
+                      pixel_size_A: float | None = None,
+                      selection: Mapping[str, Any] | None = None) -> bool:
     """Whether ``out`` is a complete results file for this input, model, calibration,
-    ``--tta``, column detection (``column_attrs``, see :func:`_column_attrs`) and input
-    pixel size [Å/px] (when given)."""
+    ``--tta``, column detection (``column_attrs``, see :func:`_column_attrs`), input
+    pixel size [Å/px] (when given) and part of the input (``selection``: the
+    ``source_frames`` and ``roi_px`` of :func:`~atom3d.io.selection.selection_attrs`,
+    when given)."""
     try:
         attrs = read_results(out, load_maps=False)["attrs"]
     except UserError:
@@ -1056,6 +1070,8 @@ def _complete_matches(out: Path, source_hash: str, predictor: Predictor,
     wanted = {**_predictor_attrs(predictor), **(column_attrs or {})}
     if pixel_size_A is not None:
         wanted["pixel_size_A"] = float(pixel_size_A)
+    if selection is not None:
+        wanted.update({key: selection[key] for key in ("source_frames", "roi_px")})
     return attrs.get("source_sha256") == source_hash and all(
         attr_equal(attrs.get(key), value) for key, value in wanted.items())
 
@@ -1133,14 +1149,18 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
                  open_series: Any, several: bool) -> None:
     measure = args.pixel_size == LATTICE
     with open_series(src, pixel_size_A=None if measure else args.pixel_size,
-                     uncalibrated_ok=measure) as series:
+                     uncalibrated_ok=measure) as whole:
+        series = select(whole, getattr(args, "frames", None), getattr(args, "roi", None))
+        if not args.quiet and not series.whole:
+            print(f"atom3d: predicting {selection_note(selection_attrs(series))}",
+                  file=sys.stderr)
         digest = source_sha256(src)
         if measure:
             calibration = _lattice_pixel_size(series, src, args.quiet)
         if (args.resume and dst.exists() and not partial_path(dst).exists()
                 and _complete_matches(dst, digest, predictor,
                                       _column_attrs(series.n_frames, not args.frame_columns),
-                                      series.pixel_size_A)):
+                                      series.pixel_size_A, selection_attrs(series))):
             print(f"{dst}: already complete for this input, model, calibration and passes (kept)")
             summary = None
         else:

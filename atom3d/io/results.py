@@ -165,7 +165,11 @@ NETWORK_ATTRS = ("model_sha256", "test_time_augmentation", "tta_passes",
                  "calibration_passes", "calibration_sha256")
 #: ... and the column candidates a series' frames keep (``atom3d.inference.series``).
 COLUMN_ATTRS = ("track_detection", "track_candidate_threshold")
-_RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS, *COLUMN_ATTRS)
+#: ... and which frames and which rectangle of the input were predicted
+#: (:func:`atom3d.io.selection.selection_attrs`).
+SELECTION_ATTRS = ("source_frames", "roi_px")
+_RESUME_KEYS = ("source_sha256", "pixel_size_A", *NETWORK_ATTRS, *COLUMN_ATTRS,
+                *SELECTION_ATTRS)
 _COMMITTED = "partial_committed_rows"  # [rows of /columns, rows of /frames]
 _FRAME_TABLES = ("columns", "frames")  # tables appended to per frame, in _COMMITTED order
 _SWAP = ".new"  # suffix of a table group being rewritten (finalize, write_events)
