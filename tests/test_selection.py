@@ -217,3 +217,22 @@ def test_info_figures_and_xyz_say_which_part(movie, model_dir, tmp_path):
     assert "source_frame=4" in xyz[1].read_text().splitlines()[1]
     with h5py.File(out) as f:
         assert "source_frame" in f["frames"]
+
+
+def test_the_signal_taken_from_a_file_of_several_is_said_and_recorded(movie, model_dir,
+                                                                      tmp_path, capsys):
+    import zarr
+
+    _, _, frames = movie
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    group.attrs.update(pixel_size_A=PIXEL_A, frame_interval_s=INTERVAL_S)
+    group.create_array("movie/frames", shape=frames[:3].shape, dtype="f4")[:] = frames[:3]
+    group.create_array("overview", shape=(32, 32), dtype="f4")[:] = 1.0
+    capsys.readouterr()
+    assert _run(tmp_path / "g.zarr", tmp_path / "g.h5", model_dir) == 0
+    err = capsys.readouterr().err
+    assert any("g.zarr:" in line and "movie/frames" in line for line in err.splitlines())
+    note = read_results(tmp_path / "g.h5", load_maps=False)["attrs"]["source_signal"]
+    assert "movie/frames" in note
+    assert _run(movie[0], tmp_path / "w.h5", model_dir, "--frames", "0") == 0
+    assert read_results(tmp_path / "w.h5", load_maps=False)["attrs"]["source_signal"] == ""

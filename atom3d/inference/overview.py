@@ -57,9 +57,9 @@ def results_overview(res: dict[str, Any], path: str | Path) -> str:
                  f"{str(a.get('source_sha256', ''))[:12]}…)")
     row("", f"{n} frame{'s' if n != 1 else ''}"
             + (f", {interval:g} s apart" if math.isfinite(interval) else ""))
-    part = selection_note(a)
-    if part:
-        row("", part)
+    for note in (str(a.get("source_signal", "")), selection_note(a)):
+        if note:
+            row("", note)
     row("pixel", pixel_size_note(a))
     passes = a.get("tta_passes", 1)
     row("model", f"{a.get('model', '?')} (sha256 {str(a.get('model_sha256', ''))[:12]}…), "

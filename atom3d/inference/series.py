@@ -903,6 +903,7 @@ def predict_series(series: Any, out: str | os.PathLike, predictor: Predictor, *,
         "changepoint_signature_bandwidth": CHANGEPOINT_SIGNATURE_BANDWIDTH,
     }
     attrs.update(selection_attrs(series))
+    attrs["source_signal"] = str(getattr(series, "signal_note", ""))  # '' : the only one
     attrs.update(calibration or {})
     n = int(series.n_frames)
     attrs.update(_column_attrs(n, track_columns))
@@ -1151,6 +1152,8 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
     with open_series(src, pixel_size_A=None if measure else args.pixel_size,
                      uncalibrated_ok=measure) as whole:
         series = select(whole, getattr(args, "frames", None), getattr(args, "roi", None))
+        if series.signal_note:  # a file of several signals: say which one is predicted
+            print(f"atom3d: {src.name}: {series.signal_note}", file=sys.stderr)
         if not args.quiet and not series.whole:
             print(f"atom3d: predicting {selection_note(selection_attrs(series))}",
                   file=sys.stderr)
