@@ -462,13 +462,19 @@ def _refine(score: Callable[[np.ndarray, np.ndarray], np.ndarray], p0: float, a0
 
 def series_lattice(series, nominal_A: float | None = None) -> LatticeCheck:
     """:func:`measure_lattice` on up to :data:`MAX_FRAMES` frames of ``series`` (evenly
-    spread; frames with NaN/Inf or no signal are skipped), near ``nominal_A`` and, when
-    not found there, over the wide range: what ``atom3d predict`` checks."""
+    spread; frames with NaN/Inf or no signal, or that cannot be read, are skipped), near
+    ``nominal_A`` and, when not found there, over the wide range: what ``atom3d predict``
+    checks."""
+    from atom3d.errors import InputFileError
+
     n = int(series.n_frames)
     picks = np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).astype(int))
     frames = []
     for i in picks:
-        f = np.asarray(series.frame(int(i)), np.float64)
+        try:
+            f = np.asarray(series.frame(int(i)), np.float64)
+        except InputFileError:  # predict marks it invalid and goes on
+            continue
         if np.all(np.isfinite(f)) and float(np.std(f)) > 0:
             frames.append(f)
     if not frames:

@@ -24,7 +24,8 @@ PREDICT_DESCRIPTION = (
     "(atoms per column) and its calibrated probability, per-pixel depth and confidence "
     "maps on the input pixel grid, and over time: drift [Å], column tracks, smoothed "
     "depths and events (columns appearing, vanishing, changing depth). Inputs: dm3/dm4, "
-    "emd, ser/emi, mrc, tif (ImageJ calibration), hspy/h5, zarr, npy. Output: an HDF5 "
+    "emd, ser/emi, mrc, tif (ImageJ calibration), hspy/h5, zarr, npy, or a directory of "
+    "single-image files read as one series (an image sequence). Output: an HDF5 "
     "results file (format atom3d.columns v1), written atomically."
 )
 
@@ -32,7 +33,9 @@ PREDICT_DESCRIPTION = (
 def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``atom3d predict`` arguments to ``p`` (a parser or sub-parser)."""
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                   help="image or series file(s) (or a zarr directory)")
+                   help="image or series file(s), zarr directory, or a directory of "
+                        "single-image files (an image sequence: one frame per file, in "
+                        "natural order of their names, sub-directories included)")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="OUT.h5|OUTDIR",
                    help="results file (*.h5) for one input; a directory for several inputs "
                         "(one INPUT-stem.h5 each)")

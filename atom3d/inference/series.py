@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -82,7 +83,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from atom3d.argtypes import LATTICE
-from atom3d.errors import UserError
+from atom3d.errors import InputFileError, UserError
 from atom3d.inference.lattice import (
     LATTICE_SEARCH,
     LATTICE_TOLERANCE,
@@ -943,9 +944,23 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
         bar = tqdm(total=n, initial=len(done), unit="frame", desc=out.name,
                    disable=None if progress else True, dynamic_ncols=True)
 
+        unreadable: dict[int, str] = {}
+
+        def read(i: int) -> np.ndarray:
+            """Frame ``i``; one that cannot be read (a truncated file, a bad file of an
+            image sequence) is predicted as invalid, like a frame of NaN, and the run
+            goes on."""
+            try:
+                return series.frame(i)
+            except InputFileError as exc:
+                unreadable[i] = str(exc)
+                return np.full(tuple(series.shape), np.nan, np.float32)
+
         def finish_and_write(indices: list[int], batch: PendingBatch) -> None:
             nonlocal n_invalid
             for i, pred in zip(indices, predictor.finish(batch), strict=True):
+                if i in unreadable:
+                    pred = dataclasses.replace(pred, reason=f"unreadable: {unreadable.pop(i)}")
                 if i in done:
                     continue
                 if not pred.valid:
@@ -973,7 +988,7 @@ def _predict_into(series: Any, out: Path, predictor: Predictor, attrs: dict[str,
                     indices = list(range(start, min(start + chunk, n)))
                     if all(i in done for i in indices):
                         continue
-                    frames = [series.frame(i) for i in indices]
+                    frames = [read(i) for i in indices]
                     batch = predictor.network_stage(frames, series.pixel_size_A)
                     if not overlap:
                         finish_and_write(indices, batch)

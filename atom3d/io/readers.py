@@ -23,6 +23,7 @@ extension                     format label                  read with
                               ``hdf5``)
 ``.zarr`` (directory)         ``zarr``                      ``zarr``
 ``.npy``                      ``npy``                       ``numpy.load(mmap_mode='r')``
+other directory               ``sequence-<format>``         one of the above per file
 ============================  ============================  ========================
 
 Policy, decided once here:
@@ -37,6 +38,14 @@ Policy, decided once here:
   not an atomic-resolution HRTEM image (or its calibration is wrong).
 * When a file holds several signals, the largest 2-D image or 3-D image stack is
   taken and :attr:`Series.signal_note` says which.
+* A directory that is not a zarr store is an **image sequence**: its image files (in
+  sub-directories too, as Gatan's in situ capture writes them; hidden files and other
+  extensions skipped), one frame each, in natural order of their paths
+  (``frame_2`` before ``frame_10``). When it holds several kinds of image file, the most
+  numerous kind is taken and :attr:`Series.signal_note` says so. Every file must hold
+  one image of the first file's shape and pixel size; a file that does not is an
+  :class:`~atom3d.errors.InputFileError` when its frame is read. The frame interval is
+  unknown (NaN).
 * Every exception raised by an underlying parser is re-raised as
   :class:`~atom3d.errors.InputFileError` with one line naming the file.
 * HDF5-based files (EMD, HyperSpy, HDF5) are first parsed once in a forked child
@@ -403,6 +412,8 @@ def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None,
     """
     override = _check_override(pixel_size_A)
     p = _check_path(Path(path))
+    if p.is_dir() and not _is_zarr_dir(p):
+        return _open_sequence(p, override, uncalibrated_ok)
     fmt = _pick_format(p)
     if fmt.isolate:
         _parse_in_child(fmt, p)
@@ -545,9 +556,11 @@ def _check_path(path: Path) -> Path:
     if not path.exists():
         raise InputFileError(f"{path}: file does not exist")
     if path.is_dir():
-        if _is_zarr_dir(path):
+        if _is_zarr_dir(path) or _sequence_files(path):
             return path
-        raise InputFileError(f"{path}: is a directory, not an image file")
+        known = " ".join(sorted(set(_FORMATS) - {".emi"}))
+        raise InputFileError(f"{path}: is a directory with no image files ({known}) and "
+                             "not a zarr store")
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{path}: cannot be read (permission denied)")
     try:
@@ -682,6 +695,89 @@ def _axis_size_A(path: Path, axis: _Axis) -> float | None:
             "pass --pixel-size in Å"
         )
     return size
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort key of a relative path with its numbers compared as numbers."""
+    return [int(t) if t.isdigit() else t.lower()
+            for t in re.split(r"(\d+)", path.as_posix())]
+
+
+def _sequence_files(directory: Path) -> list[Path]:
+    """The image files of an image-sequence directory, in natural order of their paths
+    relative to it (the most numerous kind of image file; [] if none)."""
+    kinds: dict[str, list[Path]] = {}
+    try:
+        found = sorted(directory.rglob("*"))
+    except OSError:
+        return []
+    for file in found:
+        rel = file.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or not file.is_file():
+            continue
+        suffix = file.suffix.lower()
+        if suffix in _FORMATS and suffix != ".emi":  # a TIA series is read from its .ser
+            kinds.setdefault(suffix.replace(".tiff", ".tif"), []).append(rel)
+    if not kinds:
+        return []
+    files = max(kinds.values(), key=len)
+    return [directory / rel for rel in sorted(files, key=_natural_key)]
+
+
+class _SequenceView:
+    """Frames of an image sequence, one file each, opened only when read (the interface
+    of :class:`_FrameView`)."""
+
+    def __init__(self, files: list[Path], frame_shape: tuple[int, int],
+                 pixel_size_A: float, override: float | None) -> None:
+        self.files = files
+        self.frame_shape = frame_shape
+        self.pixel_size_A = pixel_size_A
+        self.override = override
+        self.array = np.empty((0, 0), np.float32)  # dtype checked on the first file
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (files)."""
+        return len(self.files)
+
+    def read(self, i: int) -> np.ndarray:
+        """Read frame ``i`` from its file; refuse a file unlike the first."""
+        file = self.files[i]
+        with open_series(file, pixel_size_A=self.override, uncalibrated_ok=True) as one:
+            if one.n_frames != 1:
+                raise InputFileError(f"{file.name} holds {one.n_frames} frames, not one image")
+            if one.shape != self.frame_shape:
+                raise InputFileError(f"{file.name} is {one.shape[1]} × {one.shape[0]} px, the "
+                                     f"first file {self.frame_shape[1]} × {self.frame_shape[0]}")
+            p, p0 = one.pixel_size_A, self.pixel_size_A
+            if (self.override is None and math.isfinite(p0)
+                    and not abs(p - p0) <= SQUARE_TOLERANCE * p0):  # NaN: uncalibrated
+                raise InputFileError(f"{file.name} has a pixel size of {p:.5g} Å, the first "
+                                     f"file {p0:.5g} Å")
+            return one.frame(0)
+
+
+def _open_sequence(directory: Path, override: float | None, uncalibrated_ok: bool) -> Series:
+    """An image-sequence directory as a Series (see the module docstring)."""
+    files = _sequence_files(directory)
+    with open_series(files[0], pixel_size_A=override, uncalibrated_ok=uncalibrated_ok) as first:
+        if first.n_frames != 1:
+            raise InputFileError(
+                f"{directory}: read as an image sequence, but its first file "
+                f"{files[0].relative_to(directory)} holds {first.n_frames} frames; predict "
+                "stack files one by one")
+        shape, pixel, fmt = first.shape, first.pixel_size_A, first.format
+    note = f"read {len(files)} {files[0].suffix.lower()} files as frames, in natural order"
+    others = sum(1 for f in directory.rglob("*") if f.is_file()) - len(files)
+    if others:
+        note += f" ({others} other file{'s' if others != 1 else ''} skipped)"
+    return Series(path=str(directory), format=f"sequence-{fmt}",
+                  view=_SequenceView(files, shape, pixel, override),  # type: ignore[arg-type]
+                  pixel_size_A=pixel, signal_note=note)
 
 
 # --------------------------------------------------------------------------- dispatch
