@@ -149,3 +149,14 @@ def test_an_unreadable_frame_is_invalid_and_the_run_goes_on(tmp_path, model_dir,
     assert list(res["frames"]["valid"]) == [True, False, True, True, False]
     assert not np.isin(res["columns"]["frame"], [1, 4]).any()
     assert np.isin(res["columns"]["frame"], [0, 2, 3]).all() and len(res["columns"]["frame"])
+
+
+def test_frame_interval_option_times_a_sequence(tmp_path, model_dir):  # noqa: F811
+    d = _sequence(tmp_path / "movie", _frames(4), nested=False)
+    assert _run(d, tmp_path / "o.h5", model_dir, "--frame-interval", "0.25",
+                "--frames", "::2") == 0
+    attrs = read_results(tmp_path / "o.h5", load_maps=False)["attrs"]
+    assert attrs["source_frame_interval_s"] == pytest.approx(0.25)
+    assert attrs["frame_interval_s"] == pytest.approx(0.5)
+    assert _run(d, tmp_path / "n.h5", model_dir) == 0
+    assert np.isnan(read_results(tmp_path / "n.h5", load_maps=False)["attrs"]["frame_interval_s"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from atom3d.argtypes import add_tta_arguments, pixel_size_or_lattice
+from atom3d.argtypes import add_tta_arguments, pixel_size_or_lattice, positive_float
 from atom3d.argtypes import non_negative_int as _non_negative_int
 from atom3d.argtypes import positive_int as _positive_int
 from atom3d.io.selection import frame_range, roi
@@ -49,6 +49,10 @@ def configure_predict_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "±25 %% of the file's calibration, then over 0.05–0.66 Å/px). Every "
                         "run checks the calibration against the lattice and warns when they "
                         "differ by more than the model tolerates (±5 %%)")
+    p.add_argument("--frame-interval", type=positive_float, default=None, metavar="S",
+                   help="time between the file's frames [s], overriding the file's (image "
+                        "sequences, .npy and many TIFF files record none); times in the "
+                        "results and figures use it")
     p.add_argument("--frames", type=frame_range, default=None, metavar="START:STOP[:STEP]",
                    help="predict only these frames of each input, numbered from 0 as in the "
                         "file, STOP excluded (a Python slice): '100:200' is 100 frames, "

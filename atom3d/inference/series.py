@@ -1166,6 +1166,8 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
     measure = args.pixel_size == LATTICE
     with open_series(src, pixel_size_A=None if measure else args.pixel_size,
                      uncalibrated_ok=measure) as whole:
+        if getattr(args, "frame_interval", None) is not None:
+            whole.frame_interval_s = float(args.frame_interval)
         series = select(whole, getattr(args, "frames", None), getattr(args, "roi", None))
         if series.signal_note:  # a file of several signals: say which one is predicted
             print(f"atom3d: {src.name}: {series.signal_note}", file=sys.stderr)
