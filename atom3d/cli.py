@@ -75,15 +75,21 @@ def _cmd_simulate(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="what a dataset, results file or model holds; --plot draws it",
-                       description="Summarise an atom3d dataset (*.zarr), results file (*.h5) "
-                                   "or model (a packaged model's name such as ceo2-110, or a "
+    p = sub.add_parser("info", help="what a dataset, results file, model or microscope file "
+                                    "holds; --plot draws it",
+                       description="Summarise an atom3d dataset (*.zarr), results file (*.h5), "
+                                   "model (a packaged model's name such as ceo2-110, or a "
                                    "directory with config.json + model.safetensors: its pixel "
-                                   "size, training domain, calibration and validation figures). "
-                                   "--plot draws dataset samples with their depth labels, or "
-                                   "the figures of a results file.")
+                                   "size, training domain, calibration and validation figures) "
+                                   "or an input that atom3d predict reads (a microscope file or "
+                                   "image-sequence directory: frames, size, pixel size checked "
+                                   "against the CeO2 lattice, frame interval, dose per frame, "
+                                   "the frame on the network's grid). --plot draws dataset "
+                                   "samples with their depth labels, or the figures of a "
+                                   "results file.")
     p.add_argument("path", type=Path,
-                   help="a dataset, a results file, a model directory or a packaged model name")
+                   help="a dataset, a results file, a model directory or a packaged model "
+                        "name, or a microscope file or image sequence")
     p.add_argument("--plot", type=Path, default=None,
                    help="dataset: PNG file to draw samples into; results: folder for figures")
     p.add_argument("--samples", type=_positive_int, default=8, help="samples to draw (default 8)")
@@ -146,6 +152,15 @@ def _cmd_info(args) -> int:
 
             written = plot_results(path, args.plot)
             print(f"wrote {len(written)} figures into {args.plot}")
+        return 0
+    from atom3d.io.readers import is_image_input
+
+    if is_image_input(path):
+        from atom3d.inference.overview import input_overview
+        from atom3d.io.readers import open_series
+
+        with open_series(path, uncalibrated_ok=True) as series:
+            print(input_overview(series))
         return 0
     from atom3d.data.info import dataset_summary, plot_dataset
 

@@ -207,3 +207,33 @@ def test_write_test_figures_refuses_metrics_of_other_weights(tmp_path):
     after["metrics"].pop("test_by_dose")
     cfg["metrics"].pop("test_by_dose")
     assert after == cfg  # nothing else moved
+
+
+def test_info_on_an_input_file_says_how_predict_reads_it(tmp_path, capsys):
+    """A microscope file (or image sequence) is described as predict would read it:
+    frames, size, calibration checked against the CeO2 lattice, dose, network grid."""
+    from tests.test_lattice import ce_columns_image
+    from tests.test_predict import _write_tif
+
+    rng = np.random.default_rng(5)
+    frames = [ce_columns_image(rng, (128, 128), 0.2, 25.0, 400.0) for _ in range(3)]
+    tif = _write_tif(tmp_path / "movie.tif", frames, pixel=0.22, interval_s=0.25)
+    assert main(["info", str(tif)]) == 0
+    text = capsys.readouterr().out
+    assert "movie.tif  (tiff-imagej)" in text
+    assert "3 of 128 × 128 px (width × height), 0.25 s apart" in text
+    assert "0.2200 Å/px from the file" in text
+    lattice = next(line for line in text.splitlines() if line.startswith("lattice"))
+    found = float(lattice.split("found: ")[1].split()[0])
+    assert found == pytest.approx(0.2, rel=0.005) and "-9." in lattice and "beyond" in lattice
+    dose = next(line for line in text.splitlines() if line.startswith("dose"))
+    assert 300 < float(dose.split("≈")[1].split()[0]) < 500  # simulated at 400 e/Å²
+    assert "141 × 141 px at the model's 0.2 Å/px, predicted whole" in text
+    np.save(tmp_path / "raw.npy", np.stack(frames))
+    assert main(["info", str(tmp_path / "raw.npy")]) == 0
+    text = capsys.readouterr().out
+    assert "no usable calibration" in text and "CeO2 [110] found:" in text
+    (tmp_path / "junk.dm4").write_bytes(b"\0" * 100)
+    assert main(["info", str(tmp_path / "junk.dm4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "junk.dm4" in err[0]

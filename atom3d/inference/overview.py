@@ -1,7 +1,10 @@
-"""A results file in a few lines a microscopist reads (``atom3d info OUT.h5``).
+"""A results file, or an input file, in a few lines a microscopist reads.
 
-``atom3d info OUT.h5 --json`` prints everything (root attributes and table sizes) as
-JSON instead. Light: imports neither torch nor h5py beyond what reading needs.
+``atom3d info OUT.h5`` summarises a results file (``--json`` prints its root attributes
+and table sizes as JSON instead); ``atom3d info MOVIE`` (any file or image sequence
+``atom3d predict`` reads) says how it is read: frames, size, pixel size and what the
+CeO2 lattice says of it, frame interval, dose per frame, which signal was taken, and what
+the network will see. Light: imports neither torch nor h5py beyond what reading needs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from atom3d.inference.figures import pixel_size_note
 from atom3d.io.selection import selection_note
 
-__all__ = ["results_overview"]
+__all__ = ["input_overview", "results_overview"]
 
 
 def _first_last(values: np.ndarray, valid: np.ndarray, fmt: str) -> str:
@@ -107,4 +110,69 @@ def results_overview(res: dict[str, Any], path: str | Path) -> str:
         row("events", "; ".join(parts))
     else:
         row("events", "none")
+    return "\n".join(lines)
+
+
+def input_overview(series: Any, model_pixel_size_A: float = 0.2, tile_px: int = 512) -> str:
+    """How ``atom3d predict`` would read ``series`` (an open
+    :class:`~atom3d.io.readers.Series`), in a few lines: format and signal, frames and
+    size, frame interval, pixel size with its CeO2 lattice check (the check predict runs),
+    dose per frame (median of up to 8 frames, from the shot noise) and the size of a
+    frame on the network's grid (``model_pixel_size_A``, tiles of ``tile_px``)."""
+    from atom3d.inference.dose import estimate_dose
+    from atom3d.inference.lattice import LATTICE_TOLERANCE, MAX_FRAMES, series_lattice
+
+    h, w = series.shape
+    n = int(series.n_frames)
+    lines = [f"{Path(str(series.path)).name}  ({series.format})"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"{label:<10s}{text}")
+
+    if series.signal_note:
+        row("", series.signal_note)
+    interval = float(series.frame_interval_s)
+    row("frames", f"{n} of {w} × {h} px (width × height)"
+                  + (f", {interval:g} s apart" if math.isfinite(interval) else
+                     ("" if n == 1 else ", frame interval not recorded (--frame-interval)")))
+    p = float(series.pixel_size_A)
+    if not math.isfinite(p):
+        row("pixel", "no usable calibration in the file (pass --pixel-size A, or "
+                     "--pixel-size lattice)")
+    check = series_lattice(series, p if math.isfinite(p) else None)
+    if math.isfinite(p):
+        text = f"{p:.4f} Å/px from the file ({w * p / 10:.1f} × {h * p / 10:.1f} nm)"
+        row("pixel", text)
+    if check.found:
+        off = (f", {100 * (check.ratio - 1):+.1f} % from the file"
+               if math.isfinite(p) else "")
+        warn = ("  ← beyond the model's ±5 %: predict with --pixel-size lattice if the "
+                "calibration is wrong" if math.isfinite(p)
+                and abs(check.ratio - 1) > LATTICE_TOLERANCE else "")
+        row("lattice", f"CeO2 [110] found: {check.pixel_size_A:.4f} Å/px{off} "
+                       f"(score {check.z:.0f}, [001] at {check.angle_deg:.1f}° from x){warn}")
+    else:
+        row("lattice", f"no CeO2 [110] lattice found ({check.reason})")
+    if math.isfinite(p) or check.found:
+        p_use = p if math.isfinite(p) else check.pixel_size_A
+        picks = np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).astype(int))
+        doses = []
+        for i in picks:
+            try:
+                dose = estimate_dose(series.frame(int(i)), p_use)
+            except Exception:  # noqa: BLE001 - an unreadable frame: predict marks it invalid
+                continue
+            if math.isfinite(dose):
+                doses.append(dose)
+        if doses:
+            of = f"median of {len(doses)} frames, " if len(doses) > 1 else ""
+            row("dose", f"≈ {np.median(doses):.0f} e/Å² per frame ({of}from the shot noise; "
+                        "needs counts without a dark offset)")
+        grid = (round(h * p_use / model_pixel_size_A), round(w * p_use / model_pixel_size_A))
+        fits = max(grid) <= tile_px
+        row("network", f"a frame is {grid[1]} × {grid[0]} px at the model's "
+                       f"{model_pixel_size_A:g} Å/px"
+                       + (", predicted whole" if fits else
+                          f", predicted in overlapping tiles of ≤ {tile_px} px (or crop "
+                          "to the particle with --roi)"))
     return "\n".join(lines)

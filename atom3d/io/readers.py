@@ -74,7 +74,7 @@ import numpy as np
 
 from atom3d.errors import ConfigError, InputFileError
 
-__all__ = ["MAX_PIXEL_SIZE_A", "Series", "open_series", "to_angstrom"]
+__all__ = ["MAX_PIXEL_SIZE_A", "Series", "is_image_input", "open_series", "to_angstrom"]
 
 #: Coarsest pixel size accepted [Å/px]; coarser files are refused.
 MAX_PIXEL_SIZE_A = 1.0
@@ -695,6 +695,15 @@ def _axis_size_A(path: Path, axis: _Axis) -> float | None:
             "pass --pixel-size in Å"
         )
     return size
+
+
+def is_image_input(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like an input :func:`open_series` reads as images: a file
+    with a supported extension, or a directory of image files (not a zarr store)."""
+    p = Path(path)
+    if p.is_dir():
+        return not _is_zarr_dir(p) and bool(_sequence_files(p))
+    return p.suffix.lower() in _FORMATS
 
 
 # --------------------------------------------------------------------------- sequences
