@@ -380,11 +380,11 @@ def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, referen
     original = series_mod._write_prediction
     calls = []
 
-    def crash_after_two(writer, i, pred, k_max):
+    def crash_after_two(writer, i, pred, k_max, *rest):
         if len(calls) == 2:
             raise RuntimeError("simulated crash")
         calls.append(i)
-        original(writer, i, pred, k_max)
+        original(writer, i, pred, k_max, *rest)
 
     monkeypatch.setattr(series_mod, "_write_prediction", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -395,7 +395,7 @@ def test_interrupted_run_resumes_to_the_same_file(series_tif, model_dir, referen
 
     resumed = []
     monkeypatch.setattr(series_mod, "_write_prediction",
-                        lambda w, i, p, k: (resumed.append(i), original(w, i, p, k)))
+                        lambda w, i, p, k, *r: (resumed.append(i), original(w, i, p, k, *r)))
     assert _predict(series_tif, out, model_dir, "--resume") == 0
     assert resumed == [2, 3, 4]  # the two committed frames were not predicted again
     assert out.exists() and not partial_path(out).exists()
@@ -428,9 +428,9 @@ def test_network_crash_waits_for_the_batch_being_written(series_tif, model_dir,
     original_write = series_mod._write_prediction
     calls = []
 
-    def slow_write(writer, i, pred, k_max):
+    def slow_write(writer, i, pred, k_max, *rest):
         time.sleep(0.05)  # still writing batch 1 when batch 2's network fails
-        original_write(writer, i, pred, k_max)
+        original_write(writer, i, pred, k_max, *rest)
 
     def crash_on_second(self, frames, pixel_size_A):
         calls.append(len(frames))
@@ -448,7 +448,7 @@ def test_network_crash_waits_for_the_batch_being_written(series_tif, model_dir,
 
     resumed = []
     monkeypatch.setattr(series_mod, "_write_prediction",
-                        lambda w, i, p, k: (resumed.append(i), original_write(w, i, p, k)))
+                        lambda w, i, p, k, *r: (resumed.append(i), original_write(w, i, p, k, *r)))
     assert _predict(series_tif, out, model_dir, "--resume") == 0
     assert resumed == [4]
     a, b = read_results(reference_run), read_results(out)
