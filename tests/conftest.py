@@ -25,6 +25,26 @@ def tiny_store(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A random-weight artifact (U-Net of base width 8, depth 2, depth classes 0…4) at
+    0.25 Å/px (inputs at 0.2 Å/px are resampled): the numbers it predicts are
+    meaningless, the plumbing of predict is not."""
+    import torch
+
+    from atom3d.models.artifact import save_artifact
+    from atom3d.models.unet import UNet
+
+    k = 4
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=2, n_classes=(k + 1, k + 1))
+    directory = tmp_path_factory.mktemp("model") / "tiny"
+    save_artifact(net, directory, name="tiny-random", classes={"Ce": k, "O": k},
+                  pixel_size_A=0.25, normalization={"kind": "frame-standardise"},
+                  training_domain={}, metrics={"random_init": True})
+    return directory
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
     """Caches (e.g. evaluate's baseline cache) go to a temporary directory, not ~/.cache."""

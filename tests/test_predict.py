@@ -14,7 +14,6 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from atom3d.errors import UserError
 from atom3d.inference import series as series_mod
@@ -37,27 +36,15 @@ from atom3d.io.results import (
     read_results,
     sha256_file,
 )
-from atom3d.models.artifact import load_artifact, save_artifact
+from atom3d.models.artifact import load_artifact
 from atom3d.models.unet import UNet
 
-K = 4  # largest depth class of the tiny model
+K = 4  # largest depth class of the tiny model (``model_dir`` of conftest.py)
 PIXEL_A = 0.2  # input pixel size of the synthetic series [Å]
 SHAPE = (64, 80)
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A random-weight artifact at 0.25 Å/px (inputs at 0.2 Å/px are resampled)."""
-    torch.manual_seed(0)
-    net = UNet(base_width=8, depth=2, n_classes=(K + 1, K + 1))
-    directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_artifact(net, directory, name="tiny-random", classes={"Ce": K, "O": K},
-                  pixel_size_A=0.25, normalization={"kind": "frame-standardise"},
-                  training_domain={}, metrics={"random_init": True})
-    return directory
 
 
 def _lattice_frame(rng, shift_A, shape=SHAPE, pixel=PIXEL_A, dose=500.0):

@@ -10,35 +10,20 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from atom3d.errors import UserError
 from atom3d.inference.series import predict_main
 from atom3d.io.readers import open_series
 from atom3d.io.results import read_results
 from atom3d.io.selection import FrameRange, Roi, SelectedSeries, frame_range, roi, select
-from atom3d.models.artifact import save_artifact
-from atom3d.models.unet import UNet
 from tests.test_predict import _exit_code, _lattice_frame, _write_tif
 
-K = 4
 PIXEL_A = 0.2
 FULL = (96, 120)  # (H, W) of the file's frames [px]
 N_FRAMES = 9
 INTERVAL_S = 0.5
 FRAMES = "1:8:3"  # frames 1, 4, 7 of the file
 ROI = Roi(x=24, y=10, width=80, height=64)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNet(base_width=8, depth=2, n_classes=(K + 1, K + 1))
-    directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_artifact(net, directory, name="tiny-random", classes={"Ce": K, "O": K},
-                  pixel_size_A=0.25, normalization={"kind": "frame-standardise"},
-                  training_domain={}, metrics={"random_init": True})
-    return directory
 
 
 @pytest.fixture(scope="module")

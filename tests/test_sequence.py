@@ -15,7 +15,7 @@ from atom3d.errors import InputFileError
 from atom3d.io.readers import open_series
 from atom3d.io.results import read_results
 from tests.test_predict import _lattice_frame, _write_tif
-from tests.test_selection import _run, model_dir  # noqa: F401 - the module's tiny model
+from tests.test_selection import _run
 
 PIXEL_A = 0.2
 SHAPE = (64, 80)
@@ -86,7 +86,7 @@ def test_directories_that_are_not_sequences_are_refused(tmp_path):
         open_series(stacks)
 
 
-def test_predicting_a_sequence_equals_predicting_its_stack(tmp_path, model_dir):  # noqa: F811
+def test_predicting_a_sequence_equals_predicting_its_stack(tmp_path, model_dir):
     frames = _frames(6)
     d = _sequence(tmp_path / "movie", frames)
     stack = _write_tif(tmp_path / "stack.tif", frames)
@@ -134,7 +134,7 @@ def test_tifffile_writes_what_the_sequence_reads(tmp_path):
         assert len(tif.pages) == 1 and tif.is_imagej
 
 
-def test_an_unreadable_frame_is_invalid_and_the_run_goes_on(tmp_path, model_dir,  # noqa: F811
+def test_an_unreadable_frame_is_invalid_and_the_run_goes_on(tmp_path, model_dir,
                                                             capsys):
     frames = _frames(5)
     d = _sequence(tmp_path / "movie", frames, nested=False)
@@ -151,7 +151,7 @@ def test_an_unreadable_frame_is_invalid_and_the_run_goes_on(tmp_path, model_dir,
     assert np.isin(res["columns"]["frame"], [0, 2, 3]).all() and len(res["columns"]["frame"])
 
 
-def test_frame_interval_option_times_a_sequence(tmp_path, model_dir):  # noqa: F811
+def test_frame_interval_option_times_a_sequence(tmp_path, model_dir):
     d = _sequence(tmp_path / "movie", _frames(4), nested=False)
     assert _run(d, tmp_path / "o.h5", model_dir, "--frame-interval", "0.25",
                 "--frames", "::2") == 0
