@@ -44,8 +44,8 @@ Policy, decided once here:
   (``frame_2`` before ``frame_10``). When it holds several kinds of image file, the most
   numerous kind is taken and :attr:`Series.signal_note` says so. Every file must hold
   one image of the first file's shape and pixel size; a file that does not is an
-  :class:`~atom3d.errors.InputFileError` when its frame is read. The frame interval is
-  unknown (NaN).
+  :class:`~atom3d.errors.InputFileError` when its frame is read (``atom3d predict``
+  then marks that frame invalid and goes on). The frame interval is unknown (NaN).
 * Every exception raised by an underlying parser is re-raised as
   :class:`~atom3d.errors.InputFileError` with one line naming the file.
 * HDF5-based files (EMD, HyperSpy, HDF5) are first parsed once in a forked child
