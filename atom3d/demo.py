@@ -121,7 +121,8 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
                          drift_total_A: tuple[float, float] = (2.5, -1.5),
                          frame_interval_s: float = 1.0, seed: int = 0,
                          frozen_phonons: int = DEMO_FROZEN_PHONONS,
-                         optics=None, rotation_rad: float = 0.2, tilt_mrad: float = 0.0,
+                         optics=None, rotation_rad: float = 0.2,
+                         tilt_mrad: float | Sequence[float] = 0.0,
                          tilt_azimuth_rad: float = 0.0,
                          progress: bool = True) -> DemoSeries:
     """Simulate the demo series and write ``demo_series.tif`` and ``truth_columns.csv``.
@@ -155,8 +156,11 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
         overfocus, focal spread 2.5 nm, no aperture).
     rotation_rad : float
         In-plane rotation of the lattice against the pixel rows [rad].
-    tilt_mrad, tilt_azimuth_rad : float
-        Tilt of the particle away from the [110] zone axis [mrad] and its azimuth [rad].
+    tilt_mrad : float or sequence of float
+        Tilt of the particle away from the [110] zone axis [mrad]: one value, or one per
+        frame (a particle that tilts during the series).
+    tilt_azimuth_rad : float
+        Azimuth of the tilt axis [rad].
     progress : bool
         Progress bar over frames.
     """
@@ -201,6 +205,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
     jitter[0] = 0.0
     drift = ramp + jitter
 
+    tilts = np.broadcast_to(np.asarray(tilt_mrad, float), (n_frames,))
     if int(frozen_phonons) < 1:
         raise ValueError(f"frozen_phonons must be >= 1, got {frozen_phonons}")
     ms = MultisliceConfig(sampling_A=0.05, frozen_phonons=int(frozen_phonons))
@@ -220,7 +225,7 @@ def simulate_demo_series(out_dir: str | Path, *, n_frames: int = 12, image_px: i
                 fraction = min(1.0, (ce_loss_per_frame + 0.25) / n_surface)
                 mask, _ = surface_cation_vacancies(sites, mask, rng, fraction=fraction)
         centre = bbox_centre(mask) + translation0 + drift[t]
-        st = place(sites, mask, rotation_rad=rotation, tilt_rad=1e-3 * float(tilt_mrad),
+        st = place(sites, mask, rotation_rad=rotation, tilt_rad=1e-3 * float(tilts[t]),
                    tilt_azimuth_rad=float(tilt_azimuth_rad),
                    centre_xy_A=(float(centre[0]), float(centre[1])))
         spectra = exit_spectra(st, grid, ms, optics.energy_eV, k_cut,

@@ -1293,3 +1293,30 @@ def test_pixel_size_lattice_without_a_lattice_exits_2(model_dir, tmp_path, capsy
     assert "no CeO2 [110] lattice found in the frames" in capsys.readouterr().err
     assert math.isnan(read_results(tmp_path / "n.h5", load_maps=False)["attrs"][
         "lattice_pixel_size_A"])
+
+
+def test_collective_depth_changes_are_flagged():
+    """Most Ce columns changing depth the same way at one frame is flagged (a tilt or a
+    focus jump), a few columns changing (atoms leaving) is not, nor mixed changes."""
+    from atom3d.inference.series import collective_change_frames, collective_warning
+
+    def ev(frame, before, after, species="Ce", kind="depth_change"):
+        return {"frame": frame, "species": species, "kind": kind,
+                "depth_before": before, "depth_after": after}
+
+    n_cols = np.array([40, 40, 40, 40, 40, 8])
+    events = ([ev(1, 8, 7)] * 3  # three surface atoms leave: not collective
+              + [ev(2, 9, 6)] * 12 + [ev(2, 4, 5)]  # 13 of 40, 12 down: collective
+              + [ev(3, 9, 6)] * 6 + [ev(3, 4, 5)] * 6  # 12 of 40, mixed: not
+              + [ev(4, 9, 6, species="O")] * 20  # O columns: not counted
+              + [ev(4, 5, 0, kind="vanished")] * 20
+              + [ev(5, 3, 2)] * 7)  # 7 of 8, but fewer than COLLECTIVE_MIN_COLUMNS
+    flags = collective_change_frames(events, n_cols)
+    assert flags.tolist() == [False, False, True, False, False, False]
+    assert "frame 2 " in collective_warning([2]) and "frames 2, 7" in collective_warning([2, 7])
+
+
+def test_results_record_collective_changes(reference_run):
+    res = read_results(reference_run, load_maps=False)
+    flags = np.asarray(res["frames"]["collective_change"], bool)
+    assert flags.shape == (5,) and not flags.any()
