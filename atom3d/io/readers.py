@@ -746,7 +746,6 @@ class _SequenceView:
         self.frame_shape = frame_shape
         self.pixel_size_A = pixel_size_A
         self.override = override
-        self.array = np.empty((0, 0), np.float32)  # dtype checked on the first file
 
     @property
     def n_frames(self) -> int:
