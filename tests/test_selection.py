@@ -15,7 +15,7 @@ from atom3d.errors import UserError
 from atom3d.inference.series import predict_main
 from atom3d.io.readers import open_series
 from atom3d.io.results import read_results
-from atom3d.io.selection import FrameRange, Roi, SelectedSeries, frame_range, roi, select
+from atom3d.io.selection import FrameRange, Roi, SelectedSeries, frame_range, roi
 from tests.test_predict import _exit_code, _lattice_frame, _write_tif
 
 PIXEL_A = 0.2
@@ -90,7 +90,7 @@ def test_bad_rectangles_are_refused(text):
 def test_selected_series_maps_frames_and_crops(movie):
     whole, _, frames = movie
     with open_series(whole) as s:
-        view = select(s, frame_range(FRAMES), ROI)
+        view = SelectedSeries(s, frame_range(FRAMES), ROI)
         assert view.n_frames == 3 and view.shape == (ROI.height, ROI.width)
         assert [view.source_frame(i) for i in range(3)] == [1, 4, 7]
         assert math.isclose(view.frame_interval_s, 3 * INTERVAL_S, rel_tol=1e-6)
@@ -101,7 +101,7 @@ def test_selected_series_maps_frames_and_crops(movie):
         with pytest.raises(IndexError):
             view.frame(3)
         assert not view.whole
-        assert select(s, None, None).whole
+        assert SelectedSeries(s).whole
         with pytest.raises(UserError, match="reaches outside the frames of 120 × 96 px"):
             SelectedSeries(s, None, Roi(50, 40, 80, 64))
 

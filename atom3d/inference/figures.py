@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from atom3d.io.results import open_results
-from atom3d.io.selection import FrameRange, Roi, select
+from atom3d.io.selection import FrameRange, Roi, SelectedSeries
 
 __all__ = ["plot_results", "select_frames"]
 
@@ -76,7 +76,7 @@ def _open_source(attrs: dict[str, Any]):
         return series
     try:  # the part of the file the results cover (atom3d predict --frames / --roi)
         start, stop, step = (int(v) for v in attrs["source_frames"])
-        return select(series, FrameRange(start, stop, step), Roi(*map(int, attrs["roi_px"])))
+        return SelectedSeries(series, FrameRange(start, stop, step), Roi(*map(int, attrs["roi_px"])))
     except Exception:  # noqa: BLE001 - e.g. the file changed since: no raw frames
         series.close()
         return None

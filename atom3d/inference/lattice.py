@@ -48,10 +48,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import fft2, fftshift
 
+from atom3d.errors import InputFileError
 from atom3d.structures.ceria import A_CEO2  # the simulations' lattice constant [Å]
 
 __all__ = ["LATTICE_MIN_Z", "LATTICE_SEARCH", "LATTICE_TOLERANCE", "LATTICE_WIDE_A", "REFLECTIONS_UW", "LatticeCheck",
-           "lattice_attrs", "measure_lattice", "reflections_uw", "series_lattice"]
+           "frames_lattice", "lattice_attrs", "measure_lattice", "reflections_uw", "sample_frames",
+           "series_lattice"]
 
 #: The nine reflections of the [110] zone, in units of 1/a along (u, w) (see module doc).
 REFLECTIONS_UW = np.array([
@@ -460,27 +462,35 @@ def _refine(score: Callable[[np.ndarray, np.ndarray], np.ndarray], p0: float, a0
     return p0, a0
 
 
-def series_lattice(series, nominal_A: float | None = None) -> LatticeCheck:
-    """:func:`measure_lattice` on up to :data:`MAX_FRAMES` frames of ``series`` (evenly
-    spread; frames with NaN/Inf or no signal, or that cannot be read, are skipped), near
-    ``nominal_A`` and, when not found there, over the wide range: what ``atom3d predict``
-    checks."""
-    from atom3d.errors import InputFileError
-
+def sample_frames(series) -> list[np.ndarray]:
+    """Up to :data:`MAX_FRAMES` frames of ``series``, evenly spread (float64); frames with
+    NaN/Inf or no signal, or that cannot be read, are skipped (predict marks them invalid
+    and goes on)."""
     n = int(series.n_frames)
     picks = np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).astype(int))
     frames = []
     for i in picks:
         try:
             f = np.asarray(series.frame(int(i)), np.float64)
-        except InputFileError:  # predict marks it invalid and goes on
+        except InputFileError:
             continue
         if np.all(np.isfinite(f)) and float(np.std(f)) > 0:
             frames.append(f)
+    return frames
+
+
+def frames_lattice(frames: Sequence[np.ndarray], nominal_A: float | None = None) -> LatticeCheck:
+    """:func:`measure_lattice` of :func:`sample_frames` near ``nominal_A`` and, when not
+    found there, over the wide range (nothing found when there is no frame)."""
     if not frames:
         return LatticeCheck(math.nan, 0.0, math.nan,
                             nominal_A if nominal_A is not None else math.nan, ())
     return measure_lattice(frames, nominal_A, wide_fallback=True)
+
+
+def series_lattice(series, nominal_A: float | None = None) -> LatticeCheck:
+    """What ``atom3d predict`` checks: :func:`frames_lattice` of :func:`sample_frames`."""
+    return frames_lattice(sample_frames(series), nominal_A)
 
 
 def lattice_attrs(check: LatticeCheck, source: str) -> dict[str, float | str]:

@@ -126,7 +126,7 @@ def input_overview(series: Any, model_pixel_size_A: float = 0.2, tile_px: int = 
     dose per frame (median of up to 8 frames, from the shot noise) and the size of a
     frame on the network's grid (``model_pixel_size_A``, tiles of ``tile_px``)."""
     from atom3d.inference.dose import estimate_dose
-    from atom3d.inference.lattice import LATTICE_TOLERANCE, MAX_FRAMES, series_lattice
+    from atom3d.inference.lattice import LATTICE_TOLERANCE, frames_lattice, sample_frames
 
     h, w = series.shape
     n = int(series.n_frames)
@@ -145,7 +145,8 @@ def input_overview(series: Any, model_pixel_size_A: float = 0.2, tile_px: int = 
     if not math.isfinite(p):
         row("pixel", "no usable calibration in the file (pass --pixel-size A, or "
                      "--pixel-size lattice)")
-    check = series_lattice(series, p if math.isfinite(p) else None)
+    frames = sample_frames(series)  # read once: the lattice check and the dose
+    check = frames_lattice(frames, p if math.isfinite(p) else None)
     if math.isfinite(p):
         text = f"{p:.4f} Å/px from the file ({w * p / 10:.1f} × {h * p / 10:.1f} nm)"
         row("pixel", text)
@@ -161,15 +162,7 @@ def input_overview(series: Any, model_pixel_size_A: float = 0.2, tile_px: int = 
         row("lattice", f"no CeO2 [110] lattice found ({check.reason})")
     if math.isfinite(p) or check.found:
         p_use = p if math.isfinite(p) else check.pixel_size_A
-        picks = np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).astype(int))
-        doses = []
-        for i in picks:
-            try:
-                dose = estimate_dose(series.frame(int(i)), p_use)
-            except Exception:  # noqa: BLE001 - an unreadable frame: predict marks it invalid
-                continue
-            if math.isfinite(dose):
-                doses.append(dose)
+        doses = [d for d in (estimate_dose(f, p_use) for f in frames) if math.isfinite(d)]
         if doses:
             of = f"median of {len(doses)} frames, " if len(doses) > 1 else ""
             row("dose", f"≈ {np.median(doses):.0f} e/Å² per frame ({of}from the shot noise; "

@@ -119,7 +119,7 @@ from atom3d.io.results import (
     read_results,
     sha256_file,
 )
-from atom3d.io.selection import select, selection_attrs, selection_note
+from atom3d.io.selection import SelectedSeries, selection_attrs, selection_note
 from atom3d.models import DEFAULT_MODEL  # model used when --model is not given
 from atom3d.models.summary import expected_at_dose, terminal_paragraph
 
@@ -321,7 +321,7 @@ def collective_change_frames(events: Sequence[Mapping[str, Any]],
     down = np.zeros(len(n_ce_columns), int)
     up = np.zeros(len(n_ce_columns), int)
     for e in events:
-        if _text(e["species"]) != "Ce" or _text(e["kind"]) != "depth_change":
+        if e["species"] != "Ce" or e["kind"] != "depth_change":
             continue
         t = int(e["frame"])
         if int(e["depth_after"]) < int(e["depth_before"]):
@@ -332,9 +332,6 @@ def collective_change_frames(events: Sequence[Mapping[str, Any]],
     need = np.maximum(COLLECTIVE_MIN_COLUMNS, COLLECTIVE_FRACTION * n_ce_columns)
     return (changed >= need) & (np.maximum(down, up) >= COLLECTIVE_SAME_SIGN * changed)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 _SPECIES = ("Ce", "O")
 
@@ -1225,7 +1222,7 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
                      uncalibrated_ok=measure) as whole:
         if getattr(args, "frame_interval", None) is not None:
             whole.frame_interval_s = float(args.frame_interval)
-        series = select(whole, getattr(args, "frames", None), getattr(args, "roi", None))
+        series = SelectedSeries(whole, getattr(args, "frames", None), getattr(args, "roi", None))
         if series.signal_note:  # a file of several signals: say which one is predicted
             print(f"atom3d: {src.name}: {series.signal_note}", file=sys.stderr)
         if not args.quiet and not series.whole:
@@ -1283,8 +1280,9 @@ def _predict_one(src: Path, dst: Path, predictor: Predictor, args: argparse.Name
 def collective_warning(frames: Sequence[int]) -> str:
     """The warning for frames with a collective Ce depth change."""
     listed = ", ".join(str(t) for t in frames[:8]) + (" …" if len(frames) > 8 else "")
-    return (f"atom3d: warning: at frame{'s' if len(frames) > 1 else ''} {listed} a quarter "
-            "or more of the Ce columns changed depth together (/frames collective_change): "
+    return (f"atom3d: warning: at frame{'s' if len(frames) > 1 else ''} {listed} "
+            f"{COLLECTIVE_FRACTION:.0%} or more of the Ce columns changed depth together "
+            "(/frames collective_change): "
             "a tilt off the zone axis or a jump of focus does this, atoms leaving do not; "
             "20 mrad of tilt reads thick columns about half as deep, with unchanged "
             "confidence. Check those frames before reading their events as cation loss")

@@ -555,12 +555,8 @@ def _check_path(path: Path) -> Path:
     """Refuse paths that cannot be an input file before any parser sees them."""
     if not path.exists():
         raise InputFileError(f"{path}: file does not exist")
-    if path.is_dir():
-        if _is_zarr_dir(path) or _sequence_files(path):
-            return path
-        known = " ".join(sorted(set(_FORMATS) - {".emi"}))
-        raise InputFileError(f"{path}: is a directory with no image files ({known}) and "
-                             "not a zarr store")
+    if path.is_dir():  # a zarr store, or an image sequence (:func:`_open_sequence`)
+        return path
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{path}: cannot be read (permission denied)")
     try:
@@ -702,7 +698,7 @@ def is_image_input(path: str | os.PathLike[str]) -> bool:
     with a supported extension, or a directory of image files (not a zarr store)."""
     p = Path(path)
     if p.is_dir():
-        return not _is_zarr_dir(p) and bool(_sequence_files(p))
+        return not _is_zarr_dir(p) and bool(_sequence_files(p)[0])
     return p.suffix.lower() in _FORMATS
 
 
@@ -715,25 +711,28 @@ def _natural_key(path: Path) -> list[Any]:
             for t in re.split(r"(\d+)", path.as_posix())]
 
 
-def _sequence_files(directory: Path) -> list[Path]:
+def _sequence_files(directory: Path) -> tuple[list[Path], int]:
     """The image files of an image-sequence directory, in natural order of their paths
-    relative to it (the most numerous kind of image file; [] if none)."""
+    relative to it (the most numerous kind of image file; [] if none), and the number of
+    other files skipped."""
     kinds: dict[str, list[Path]] = {}
+    n_files = 0
     try:
-        found = sorted(directory.rglob("*"))
+        found = [f for f in directory.rglob("*") if f.is_file()]
     except OSError:
-        return []
+        return [], 0
     for file in found:
+        n_files += 1
         rel = file.relative_to(directory)
-        if any(part.startswith(".") for part in rel.parts) or not file.is_file():
+        if any(part.startswith(".") for part in rel.parts):
             continue
         suffix = file.suffix.lower()
         if suffix in _FORMATS and suffix != ".emi":  # a TIA series is read from its .ser
             kinds.setdefault(suffix.replace(".tiff", ".tif"), []).append(rel)
     if not kinds:
-        return []
+        return [], n_files
     files = max(kinds.values(), key=len)
-    return [directory / rel for rel in sorted(files, key=_natural_key)]
+    return [directory / rel for rel in sorted(files, key=_natural_key)], n_files - len(files)
 
 
 class _SequenceView:
@@ -771,7 +770,11 @@ class _SequenceView:
 
 def _open_sequence(directory: Path, override: float | None, uncalibrated_ok: bool) -> Series:
     """An image-sequence directory as a Series (see the module docstring)."""
-    files = _sequence_files(directory)
+    files, others = _sequence_files(directory)
+    if not files:
+        known = " ".join(sorted(set(_FORMATS) - {".emi"}))
+        raise InputFileError(f"{directory}: is a directory with no image files ({known}) "
+                             "and not a zarr store")
     with open_series(files[0], pixel_size_A=override, uncalibrated_ok=uncalibrated_ok) as first:
         if first.n_frames != 1:
             raise InputFileError(
@@ -780,7 +783,6 @@ def _open_sequence(directory: Path, override: float | None, uncalibrated_ok: boo
                 "stack files one by one")
         shape, pixel, fmt = first.shape, first.pixel_size_A, first.format
     note = f"read {len(files)} {files[0].suffix.lower()} files as frames, in natural order"
-    others = sum(1 for f in directory.rglob("*") if f.is_file()) - len(files)
     if others:
         note += f" ({others} other file{'s' if others != 1 else ''} skipped)"
     return Series(path=str(directory), format=f"sequence-{fmt}",

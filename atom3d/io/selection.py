@@ -27,8 +27,8 @@ import numpy as np
 
 from atom3d.errors import UserError
 
-__all__ = ["FrameRange", "Roi", "SelectedSeries", "frame_range", "roi", "select",
-           "selection_attrs", "selection_note"]
+__all__ = ["FrameRange", "Roi", "SelectedSeries", "frame_range", "roi", "selection_attrs",
+           "selection_note"]
 
 
 @dataclass(frozen=True)
@@ -203,11 +203,6 @@ class SelectedSeries:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def select(series: Any, frames: FrameRange | None, region: Roi | None) -> SelectedSeries:
-    """``series`` seen through ``frames`` and ``region`` (either may be None: all)."""
-    return SelectedSeries(series, frames, region)
 
 
 def selection_attrs(series: Any) -> dict[str, Any]:
