@@ -560,9 +560,18 @@ def test_fine_tuning_starts_from_checkpoint_weights_with_a_fresh_schedule(
     task = ColumnSegmentationTask(**{**hp, "init_weights": str(first)})
     for name, value in task.net.state_dict().items():
         assert torch.equal(value, saved["state_dict"][f"net.{name}"])
-    with pytest.raises(UserError, match="another architecture"):
-        ColumnSegmentationTask(**{**hp, "base_width": hp["base_width"] * 2,
-                                  "init_weights": str(first)})
+    # a wider network starts from the narrow one's weights, computing the same output
+    wide = ColumnSegmentationTask(**{**hp, "base_width": hp["base_width"] + 4,
+                                     "init_weights": str(first)}).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(task.eval().net(x), wide.net(x), strict=True):
+            assert a.shape == b.shape
+            assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.99
+            assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
+    for narrower in ({"base_width": hp["base_width"] - 2}, {"depth": hp["depth"] + 1}):
+        with pytest.raises(UserError, match="another architecture"):
+            ColumnSegmentationTask(**{**hp, **narrower, "init_weights": str(first)})
     with pytest.raises(UserError, match="cannot read"):
         ColumnSegmentationTask(**{**hp, "init_weights": str(tmp_path / "missing.ckpt")})
 

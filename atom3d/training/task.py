@@ -159,8 +159,12 @@ class ColumnSegmentationTask(pl.LightningModule):
         A Lightning checkpoint (``.ckpt``) whose network weights start this fit:
         fine-tuning with a fresh optimizer and learning-rate schedule (e.g. on a larger
         dataset), unlike ``--ckpt_path``, which resumes the whole training state. The
-        architecture must match; the class-weight buffers are this dataset's own.
-        Loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+        architecture must match, or be narrower with the same depth and classes: a
+        narrower network is widened to this one's ``base_width`` / ``max_width_factor``
+        so that it computes the same output (Net2WiderNet, :mod:`atom3d.models.widen`:
+        new channels copy old ones, 1 % noise on the copies' weights). The class-weight
+        buffers are this dataset's own. Loaded with ``torch.load(weights_only=True)``
+        (no arbitrary unpickling).
     """
 
     def __init__(
@@ -211,10 +215,21 @@ class ColumnSegmentationTask(pl.LightningModule):
         net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
         try:
             self.net.load_state_dict(net, strict=True)
+            return
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0]
+        from atom3d.models.widen import widen_state_dict
+
+        try:
+            wide = widen_state_dict(net, self.net.state_dict(), noise=0.01, seed=0)
+        except (ValueError, KeyError, RuntimeError):
             raise UserError(f"model.init_weights: {path} holds another architecture "
                             f"({first})") from None
+        self.net.load_state_dict(wide, strict=True)
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"model.init_weights: {path} widened to base width "
+                       f"{self.hparams.base_width} (Net2WiderNet)")
 
     # -- set-up -------------------------------------------------------------------------
     def configure_models(self) -> None:
