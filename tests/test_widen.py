@@ -41,3 +41,6 @@ def test_widening_refuses_what_it_cannot_do():
         widen_state_dict(small.state_dict(), UNet(base_width=6, depth=3, n_classes=(3, 3)).state_dict())
     with pytest.raises(ValueError):
         widen_state_dict(small.state_dict(), UNet(base_width=6, depth=2, n_classes=(4, 3)).state_dict())
+    with pytest.raises(ValueError, match="BatchNorm"):
+        widen_state_dict(UNet(base_width=4, depth=2, n_classes=(3, 3), norm="group").state_dict(),
+                         UNet(base_width=8, depth=2, n_classes=(3, 3), norm="group").state_dict())

@@ -113,6 +113,8 @@ def widen_state_dict(old: Mapping[str, Tensor], template: Mapping[str, Tensor], 
         out[key] = w.contiguous()
 
     def norm(prefix: str, gout: np.ndarray) -> None:
+        if f"{prefix}.running_mean" not in old:  # GroupNorm's statistics span the channels
+            raise ValueError("only BatchNorm networks can be widened")
         for suffix in ("weight", "bias", "running_mean", "running_var"):
             out[f"{prefix}.{suffix}"] = old[f"{prefix}.{suffix}"][torch.as_tensor(gout)].clone()
         out[f"{prefix}.num_batches_tracked"] = old[f"{prefix}.num_batches_tracked"].clone()
