@@ -569,9 +569,9 @@ def test_fine_tuning_starts_from_checkpoint_weights_with_a_fresh_schedule(
             assert a.shape == b.shape
             assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.99
             assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
-    for narrower in ({"base_width": hp["base_width"] - 2}, {"depth": hp["depth"] + 1}):
+    for other in ({"base_width": hp["base_width"] - 2}, {"depth": hp["depth"] + 1}):
         with pytest.raises(UserError, match="another architecture"):
-            ColumnSegmentationTask(**{**hp, **narrower, "init_weights": str(first)})
+            ColumnSegmentationTask(**{**hp, **other, "init_weights": str(first)})
     with pytest.raises(UserError, match="cannot read"):
         ColumnSegmentationTask(**{**hp, "init_weights": str(tmp_path / "missing.ckpt")})
 

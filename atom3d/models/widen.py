@@ -120,7 +120,6 @@ def widen_state_dict(old: Mapping[str, Tensor], template: Mapping[str, Tensor], 
         out[f"{prefix}.num_batches_tracked"] = old[f"{prefix}.num_batches_tracked"].clone()
 
     def block(name: str, gin) -> tuple[np.ndarray, np.ndarray]:
-        g = None
         for conv_i, norm_i in _BLOCK_LAYERS:
             key = f"{name}.{conv_i}.weight"
             g = _mapping(old[key].shape[0], template[key].shape[0], rng)

@@ -229,7 +229,8 @@ class ColumnSegmentationTask(pl.LightningModule):
         from lightning.pytorch.utilities import rank_zero_info
 
         rank_zero_info(f"model.init_weights: {path} widened to base width "
-                       f"{self.hparams.base_width} (Net2WiderNet)")
+                       f"{self.hparams.base_width}, max width factor "
+                       f"{self.hparams.max_width_factor} (Net2WiderNet)")
 
     # -- set-up -------------------------------------------------------------------------
     def configure_models(self) -> None:
