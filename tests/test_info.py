@@ -113,6 +113,11 @@ def test_info_results_overview_of_a_series():
     assert "equivalent radius 14.0 → 13.5 Å, surface columns 30 → 28" in text
     assert "3 rows (Ce 2, O 1) in 2 tracks" in text
     assert "2 depth changes (Ce 1, O 1); 1 vanished (Ce 1)" in text
+    assert "warning" not in text
+    frames["collective_change"] = np.array([False, False, True])
+    text = results_overview({"attrs": attrs, "frames": frames, "columns": columns,
+                             "events": events}, "/out/movie.h5")
+    assert "frame 2: 25% or more of the Ce columns changed depth together" in text
 
 
 def test_info_bad_paths(tmp_path, capsys):

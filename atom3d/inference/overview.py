@@ -91,11 +91,13 @@ def results_overview(res: dict[str, Any], path: str | Path) -> str:
             if "n_surface_columns" in frames else
                 f"equivalent radius {_first_last(frames['radius_A'], valid, '.1f')} Å")
     if "collective_change" in frames and np.any(frames["collective_change"]):
+        from atom3d.inference.series import COLLECTIVE_FRACTION
+
         flagged = np.flatnonzero(np.asarray(frames["collective_change"], bool)).tolist()
         row("warning", f"frame{'s' if len(flagged) > 1 else ''} "
                        f"{', '.join(map(str, flagged[:8]))}{' …' if len(flagged) > 8 else ''}: "
-                       "a quarter or more of the Ce columns changed depth together (a tilt "
-                       "or focus change, not atoms leaving?)")
+                       f"{COLLECTIVE_FRACTION:.0%} or more of the Ce columns changed depth "
+                       "together (a tilt or focus change, not atoms leaving?)")
     species = np.asarray(cols.get("species", []))
     tracks = np.asarray(cols.get("track", []))
     n_tracks = int(np.unique(tracks[tracks >= 0]).size)

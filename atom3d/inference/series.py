@@ -807,9 +807,12 @@ def postprocess(writer: ResultsWriter, classes: dict[str, int], pixel_size_A: fl
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(n_ce > 0, n_o / np.maximum(n_ce, 1), np.nan)
     order = frames["frame"]  # rows of read_frames are sorted by frame: 0 .. T-1
-    ce_columns = (summaries["n_ce_columns"] if "n_ce_columns" in summaries
-                  else np.zeros(n_frames) if "n_ce_columns" not in frames
-                  else np.asarray(frames["n_ce_columns"], np.float64))
+    if "n_ce_columns" in summaries:
+        ce_columns = summaries["n_ce_columns"]
+    elif "n_ce_columns" in frames:
+        ce_columns = np.asarray(frames["n_ce_columns"], np.float64)
+    else:  # no frame with columns: only COLLECTIVE_MIN_COLUMNS applies
+        ce_columns = np.zeros(n_frames)
     collective = collective_change_frames(events, ce_columns)
     writer.update_frames({
         "collective_change": collective[order],

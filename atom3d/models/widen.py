@@ -51,10 +51,9 @@ def _split(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return w / total[g]
 
 
-def _blocks(state: Mapping[str, Tensor]) -> tuple[int, list[str]]:
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.(\d+)\.", k)))
-    names = [f"encoder.{i}" for i in range(depth)] + ["bottleneck"] + [f"decoder.{j}" for j in range(depth)]
-    return depth, names
+def _depth(state: Mapping[str, Tensor]) -> int:
+    """Number of encoder levels of a U-Net state dict."""
+    return 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.(\d+)\.", k)))
 
 
 def widen_state_dict(old: Mapping[str, Tensor], template: Mapping[str, Tensor], *,
@@ -79,9 +78,9 @@ def widen_state_dict(old: Mapping[str, Tensor], template: Mapping[str, Tensor], 
         If the two networks differ in depth, classes or layers, or the template is
         narrower somewhere.
     """
-    depth, names = _blocks(old)
-    if _blocks(template)[0] != depth:
-        raise ValueError(f"depth differs: {depth} against {_blocks(template)[0]}")
+    depth = _depth(old)
+    if _depth(template) != depth:
+        raise ValueError(f"depth differs: {depth} against {_depth(template)}")
     if set(old) != set(template):
         raise ValueError("the two networks have different layers (norm or heads differ)")
     rng = np.random.default_rng(seed)
