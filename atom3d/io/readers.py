@@ -45,7 +45,12 @@ Policy, decided once here:
   numerous kind is taken and :attr:`Series.signal_note` says so. Every file must hold
   one image of the first file's shape and pixel size; a file that does not is an
   :class:`~atom3d.errors.InputFileError` when its frame is read (``atom3d predict``
-  then marks that frame invalid and goes on). The frame interval is unknown (NaN).
+  then marks that frame invalid and goes on). The frame interval is the time from the
+  first file's acquisition to the last one's over the number of intervals, when both
+  files record it finely enough (:func:`atom3d.io.metadata.sequence_interval`: Gatan's
+  FILETIME, a vendor's date and time, the TIFF ``DateTime`` tag); NaN otherwise.
+* A TIFF with FEI/Thermo Fisher XML metadata (tag 34683, ``FEI_TITAN``) takes its pixel
+  size from it (format label ``tiff-fei``; :mod:`atom3d.io.metadata`).
 * Every exception raised by an underlying parser is re-raised as
   :class:`~atom3d.errors.InputFileError` with one line naming the file.
 * HDF5-based files (EMD, HyperSpy, HDF5) are first parsed once in a forked child
@@ -73,6 +78,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from atom3d.errors import ConfigError, InputFileError
+from atom3d.io.metadata import (
+    FEI_XML_TAG,
+    Stamp,
+    fei_xml_calibration,
+    fei_xml_stamp,
+    parse_fei_xml,
+    rsciio_stamp,
+    sequence_interval,
+    tiff_datetime_stamp,
+)
 
 __all__ = ["MAX_PIXEL_SIZE_A", "Series", "is_image_input", "open_series", "to_angstrom"]
 
@@ -261,6 +276,9 @@ class Series:
         Time between frames [s]; NaN if the file does not record it.
     signal_note : str
         Which signal was taken when the file held several, '' otherwise.
+    acquired : Stamp or None
+        When the file (its first frame) was acquired, if it says so
+        (:class:`atom3d.io.metadata.Stamp`).
     """
 
     def __init__(
@@ -273,6 +291,7 @@ class Series:
         frame_interval_s: float = math.nan,
         signal_note: str = "",
         closers: tuple[Callable[[], Any], ...] = (),
+        acquired: Stamp | None = None,
     ) -> None:
         self.path = path
         self.format = format
@@ -281,6 +300,7 @@ class Series:
         self.pixel_size_A = float(pixel_size_A)
         self.frame_interval_s = float(frame_interval_s)
         self.signal_note = signal_note
+        self.acquired = acquired
         self._view = view
         self._closers = closers
 
@@ -370,6 +390,8 @@ class _Raw:
         Which signal was taken when there were several.
     closers : list of callables
         Called by :meth:`Series.close`.
+    acquired : Stamp or None
+        When the file was acquired, if it says so.
     """
 
     array: Any
@@ -379,6 +401,7 @@ class _Raw:
     frame_interval_s: float = math.nan
     signal_note: str = ""
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    acquired: Stamp | None = None
 
 
 def open_series(path: str | os.PathLike[str], pixel_size_A: float | None = None, *,
@@ -609,6 +632,7 @@ def _build_series(path: Path, raw: _Raw, override: float | None,
         frame_interval_s=raw.frame_interval_s if view.n_frames > 1 else math.nan,
         signal_note=raw.signal_note,
         closers=tuple(raw.closers),
+        acquired=raw.acquired,
     )
 
 
@@ -782,12 +806,27 @@ def _open_sequence(directory: Path, override: float | None, uncalibrated_ok: boo
                 f"{files[0].relative_to(directory)} holds {first.n_frames} frames; predict "
                 "stack files one by one")
         shape, pixel, fmt = first.shape, first.pixel_size_A, first.format
+        acquired = first.acquired
     note = f"read {len(files)} {files[0].suffix.lower()} files as frames, in natural order"
     if others:
         note += f" ({others} other file{'s' if others != 1 else ''} skipped)"
+    interval = sequence_interval(acquired, _acquired(files[-1], override), len(files))
+    if math.isfinite(interval):
+        note += f"; frame interval {interval:.4g} s from the first and last file's acquisition times"
     return Series(path=str(directory), format=f"sequence-{fmt}",
                   view=_SequenceView(files, shape, pixel, override),  # type: ignore[arg-type]
-                  pixel_size_A=pixel, signal_note=note)
+                  pixel_size_A=pixel, frame_interval_s=interval, signal_note=note,
+                  acquired=acquired)
+
+
+def _acquired(file: Path, override: float | None) -> Stamp | None:
+    """When ``file`` was acquired, None if it does not say or cannot be read (its frame
+    is then reported when it is read)."""
+    try:
+        with open_series(file, pixel_size_A=override, uncalibrated_ok=True) as one:
+            return one.acquired
+    except (InputFileError, ConfigError):
+        return None
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -949,6 +988,7 @@ def _from_rsciio(path: Path, signals: list[dict], label: str) -> _Raw:
         x=_Axis(x_axis.get("scale"), x_axis.get("units")),
         frame_interval_s=_interval_from_axes(nav),
         signal_note=note,
+        acquired=rsciio_stamp(signal),
     )
 
 
@@ -1062,13 +1102,23 @@ def _tiff_raw(path: Path, tif: Any) -> _Raw:
             f"{path}: holds a colour (RGB) image; convert it to a greyscale intensity image"
         )
     array = zarr.open(series.aszarr(), mode="r")
+    page = series.pages[0]
+    fei = parse_fei_xml(getattr(page.tags.get(FEI_XML_TAG), "value", None))
+    fei_size = fei_xml_calibration(fei) if fei is not None else None
+    acquired = None
     if tif.is_imagej:
         y, x, interval = _imagej_calibration(tif)
         label = "tiff-imagej"
+    elif fei_size is not None:
+        y, x, interval = _Axis(*fei_size[:2]), _Axis(*fei_size[2:]), math.nan
+        label = "tiff-fei"
     else:
-        y, x, interval = _rsciio_tiff_calibration(path, index)
-        label = "tiff-dm" if _has_dm_tags(series.pages[0]) else "tiff"
-    return _Raw(array, label, y, x, interval, note, [tif.close])
+        y, x, interval, acquired = _rsciio_tiff_calibration(path, index)
+        label = "tiff-dm" if _has_dm_tags(page) else "tiff"
+    if fei is not None:
+        acquired = fei_xml_stamp(fei) or acquired
+    acquired = acquired or tiff_datetime_stamp(page)
+    return _Raw(array, label, y, x, interval, note, [tif.close], acquired)
 
 
 def _pick_tiff_series(path: Path, tif: Any) -> tuple[int, str]:
@@ -1116,23 +1166,27 @@ def _inverse_resolution(page: Any, tag_name: str) -> float | None:
     return denominator / numerator if numerator else None
 
 
-def _rsciio_tiff_calibration(path: Path, index: int) -> tuple[_Axis, _Axis, float]:
-    """Pixel calibration of a non-ImageJ TIFF (DM tags, FEI, Zeiss, ...) via RosettaSciIO.
+def _rsciio_tiff_calibration(path: Path, index: int
+                             ) -> tuple[_Axis, _Axis, float, Stamp | None]:
+    """Pixel calibration, frame interval and acquisition time of a non-ImageJ TIFF (DM
+    tags, FEI SEM, Zeiss, ...) via RosettaSciIO.
 
     RosettaSciIO is asked for metadata only: its lazy data is never computed.
     """
     from rsciio import tiff
 
     signals = tiff.file_reader(str(path), lazy=True)
-    axes = signals[index]["axes"] if index < len(signals) else []
+    signal = signals[index] if index < len(signals) else {}
+    axes = signal.get("axes", [])
     if len(axes) < 2:
-        return _Axis(), _Axis(), math.nan
+        return _Axis(), _Axis(), math.nan, None
     y_axis, x_axis = axes[-2:]
     interval = _interval_from_axes([ax for ax in axes[:-2] if ax.get("navigate")])
     return (
         _Axis(y_axis.get("scale"), y_axis.get("units")),
         _Axis(x_axis.get("scale"), x_axis.get("units")),
         interval,
+        rsciio_stamp(signal),
     )
 
 
