@@ -89,6 +89,24 @@ def test_default_size_fits_the_artifact_cap() -> None:
     assert n_params < 2.5e6  # 10 MB in float32, half the 20 MB cap
 
 
+
+def test_channels_last_weights_give_the_logits_of_contiguous_ones() -> None:
+    torch.manual_seed(0)
+    net = UNet(base_width=8, depth=3, n_classes=(5, 4)).eval()
+    fast = UNet(base_width=8, depth=3, n_classes=(5, 4)).eval()
+    fast.load_state_dict(net.state_dict())
+    fast.to(memory_format=torch.channels_last)  # as training runs it
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in fast.parameters() if p.ndim == 4)
+    assert not all(p.is_contiguous(memory_format=torch.channels_last)
+                   for p in net.parameters() if p.ndim == 4)
+    x = torch.randn(2, 1, 48, 64)
+    with torch.no_grad():
+        for a, b in zip(fast(x), net(x), strict=True):
+            assert a.is_contiguous()  # ordinary NCHW logits for every caller
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_receptive_field_bounds_the_true_one(depth: int) -> None:
     torch.manual_seed(depth)

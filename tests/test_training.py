@@ -405,6 +405,36 @@ def test_export_round_trip_gives_identical_outputs(tiny_store, tmp_path):
         assert torch.allclose(calibrated_softmax(e, T), p, atol=1e-6)
 
 
+def test_fit_trains_channels_last_and_leaves_contiguous_weights(tiny_store, tmp_path):
+    import lightning.pytorch as pl
+
+    from atom3d.data.datamodule import ColumnDataModule
+    from atom3d.training.task import TRAIN_MEMORY_FORMAT
+
+    def channels_last(net) -> bool:
+        convs = [p for p in net.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+        return all(p.is_contiguous(memory_format=TRAIN_MEMORY_FORMAT) for p in convs)
+
+    class Record(pl.Callback):
+        seen: list[bool] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.seen.append(channels_last(module.net))
+
+    datamodule = ColumnDataModule(str(tiny_store), batch_size=2, num_workers=0, crop_px=64,
+                                  val_crop_px=64, val_fraction=0.5, size_multiple=4)
+    task = ColumnSegmentationTask(max_depth=datamodule.max_depth, base_width=8, depth=2)
+    assert not channels_last(task.net)
+    record = Record()
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, callbacks=[record],
+                         default_root_dir=tmp_path, enable_model_summary=False)
+    trainer.fit(task, datamodule=datamodule)
+    assert record.seen == [True, True]
+    assert not channels_last(task.net)  # export and prediction see contiguous weights
+    assert all(p.is_contiguous() for p in task.net.parameters())
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_store, tmp_path):
     """``trainer.strategy: ddp`` with two CPU processes (gloo), no code change."""

@@ -6,6 +6,10 @@ Class 0 is background; class ``k >= 1`` is a column of ``k`` atoms.
 
 ``H`` and ``W`` must be multiples of :attr:`UNet.size_multiple` (``2 ** depth``);
 the inference tiler pads to that multiple.
+
+Whatever the memory format of the weights (training converts them to ``channels_last``,
+:data:`atom3d.training.task.TRAIN_MEMORY_FORMAT`), the logits returned are ordinary
+contiguous NCHW tensors.
 """
 
 from __future__ import annotations
@@ -222,4 +226,4 @@ class UNet(nn.Module):
         for j in reversed(range(self.depth)):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = self.decoder[j](torch.cat([x, skips[j]], dim=1))
-        return tuple(head(x) for head in self.heads)
+        return tuple(head(x).contiguous() for head in self.heads)
