@@ -55,8 +55,8 @@ SPECIES = (("Ce", "ce"), ("O", "o"))
 #: calibration, export and prediction see ordinary contiguous weights). On 2 CPU cores
 #: (session 29, base width 24, depth 4, batch 8 of 128² px, forward + backward + AdamW)
 #: a step takes 0.57 s channels-last against 0.75 s contiguous; the logits agree to 1e-4.
-#: (Prediction stays contiguous: channels-last makes its network 1.7× faster on one pass
-#: of a 512² frame, which would raise the share of its time spent outside the network
+#: (Prediction stays contiguous: channels-last made its network about 1.7× faster on one
+#: pass of a 512² frame, measured beside a simulation, which would raise the share of its time spent outside the network
 #: above the 0.15 that ``benchmarks/predict.py`` holds it to; ``benchmarks/README.md``.)
 TRAIN_MEMORY_FORMAT = torch.channels_last
 #: Counters accumulated per species over a validation epoch.
