@@ -56,9 +56,11 @@ SPECIES = (("Ce", "ce"), ("O", "o"))
 #: (session 29, base width 24, depth 4, batch 8 of 128² px, forward + backward + AdamW)
 #: a step takes 0.57 s channels-last against 0.75 s contiguous; the logits agree to 1e-4.
 #: (Prediction stays contiguous: channels-last made its network about 1.7× faster on one
-#: pass of a 512² frame, measured beside a simulation, which would raise the share of its time spent outside the network
-#: above the 0.15 that ``benchmarks/predict.py`` holds it to; ``benchmarks/README.md``.)
+#: pass of a 512² frame, measured beside a simulation, which would raise the share of
+#: its time spent outside the network above the 0.15 that ``benchmarks/predict.py``
+#: holds it to; ``training/README.md``, session 29.)
 TRAIN_MEMORY_FORMAT = torch.channels_last
+
 #: Counters accumulated per species over a validation epoch.
 _COUNTS = ("pixels", "pixels_ok", "column_pixels", "column_pixels_ok",
            "tp", "fp", "fn", "exact", "within1", "abs_error")
