@@ -8,8 +8,10 @@ Conventions, stated once here:
   between files of one series are used (:func:`sequence_interval`), never the absolute
   time.
 * Gatan DigitalMicrograph writes ``DataBar/Acquisition Time (OS)``, a Windows FILETIME
-  (100 ns ticks since 1601-01-01 UTC), beside the locale-formatted ``Acquisition Date``
-  and ``Acquisition Time`` strings (1 s); the FILETIME is preferred.
+  (100 ns ticks since 1601-01-01 UTC; read as a float64, so to about 2 µs). Its
+  ``Acquisition Date`` / ``Acquisition Time`` strings follow the Windows locale of the
+  acquiring PC (``8/8/2016``, ``03-Jul-16``) and are not read: a DM file without the
+  FILETIME has no acquisition time.
 * The FEI/Thermo Fisher XML (TIFF tag 34683, written by Phenom, MAPS and other xT-based
   software as ``<FeiImage>``) gives the pixel size as ``pixelWidth``/``pixelHeight``
   with a ``unit`` attribute (metres when absent); a Velox-style ``PixelSize`` element
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "FEI_XML_TAG",
+    "INTERVAL_TOLERANCE",
     "Stamp",
     "dm_filetime_stamp",
     "fei_xml_calibration",

@@ -48,7 +48,8 @@ Policy, decided once here:
   then marks that frame invalid and goes on). The frame interval is the time from the
   first file's acquisition to the last one's over the number of intervals, when both
   files record it finely enough (:func:`atom3d.io.metadata.sequence_interval`: Gatan's
-  FILETIME, a vendor's date and time, the TIFF ``DateTime`` tag); NaN otherwise.
+  FILETIME, a vendor's date and time, FEI XML ``time``, the TIFF ``DateTime`` tag); NaN
+  otherwise.
 * A TIFF with FEI/Thermo Fisher XML metadata (tag 34683, ``FEI_TITAN``) takes its pixel
   size from it (format label ``tiff-fei``; :mod:`atom3d.io.metadata`).
 * Every exception raised by an underlying parser is re-raised as
@@ -810,7 +811,8 @@ def _open_sequence(directory: Path, override: float | None, uncalibrated_ok: boo
     note = f"read {len(files)} {files[0].suffix.lower()} files as frames, in natural order"
     if others:
         note += f" ({others} other file{'s' if others != 1 else ''} skipped)"
-    interval = sequence_interval(acquired, _acquired(files[-1], override), len(files))
+    last = _acquired(files[-1], override) if len(files) > 1 else None
+    interval = sequence_interval(acquired, last, len(files))
     if math.isfinite(interval):
         note += f"; frame interval {interval:.4g} s from the first and last file's acquisition times"
     return Series(path=str(directory), format=f"sequence-{fmt}",
